@@ -1,0 +1,1 @@
+"""Per-op adapters of the CUDA backend; each module loads ``nvdiffrast._C`` through the loader."""
