@@ -83,7 +83,8 @@ if "MAX_JOBS" not in os.environ:
 
 def _git_commit() -> str:
     try:
-        return subprocess.check_output(["git", "rev-parse", "HEAD"], cwd=HERE, stderr=subprocess.DEVNULL).decode().strip()
+        out = subprocess.check_output(["git", "rev-parse", "HEAD"], cwd=HERE, stderr=subprocess.DEVNULL)
+        return out.decode().strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
 
@@ -148,7 +149,9 @@ NVCC_FLAGS = ["-O3", "-std=c++17", "-lineinfo", "--expt-relaxed-constexpr"]
 DEFINES = [("Py_LIMITED_API", "0x030A0000")] if LIMITED_API else []
 
 ext_modules = []
-cuda_sources = _rel(glob.glob(os.path.join(HERE, "csrc", "kernels", "*.cu")) + glob.glob(os.path.join(HERE, "csrc", "torch", "*.cpp")) + glob.glob(os.path.join(HERE, "csrc", "torch", "*.cu")))
+cuda_sources = _rel(
+    [p for pat in ("kernels/*.cu", "torch/*.cpp", "torch/*.cu") for p in glob.glob(os.path.join(HERE, "csrc", pat))]
+)
 ext_modules.append(
     cpp_extension.CUDAExtension(
         name="nvdiffrast._C",
