@@ -144,8 +144,10 @@ def _rel(paths: list[str]) -> list[str]:
 
 
 IS_WIN = sys.platform == "win32"
-CXX_FLAGS = ["/O2", "/std:c++17"] if IS_WIN else ["-O3", "-std=c++17", "-fvisibility=hidden"]
-NVCC_FLAGS = ["-O3", "-std=c++17", "-lineinfo", "--expt-relaxed-constexpr"]
+# The language standard is torch's choice (C++17 up to torch 2.9, C++20 after): its headers decide.
+# Kernels under csrc/kernels stay C++17 so every toolkit from CUDA 11.8 on compiles them.
+CXX_FLAGS = ["/O2"] if IS_WIN else ["-O3", "-fvisibility=hidden"]
+NVCC_FLAGS = ["-O3", "-lineinfo", "--expt-relaxed-constexpr"]
 DEFINES = [("Py_LIMITED_API", "0x030A0000")] if LIMITED_API else []
 
 ext_modules = []
@@ -189,6 +191,12 @@ options = {"bdist_wheel": {"py_limited_api": "cp310"}} if LIMITED_API else {}
 setup(
     name="nvdiffrast",
     version=VERSION,
+    description="Differentiable rasterization for PyTorch (CUDA and OpenGL), prebuilt; nvdiffrast-compatible API",
+    long_description=open(os.path.join(HERE, "README.md"), encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    classifiers=["Programming Language :: Python :: 3", "Operating System :: POSIX :: Linux",
+                 "Operating System :: Microsoft :: Windows", "Environment :: GPU :: NVIDIA CUDA"],
     packages=find_packages(include=["nvdiffrast", "nvdiffrast.*"]),
     package_data={"nvdiffrast": ["_build_info.json"]},
     ext_modules=ext_modules,
