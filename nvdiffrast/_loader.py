@@ -293,18 +293,20 @@ def load_gl() -> ModuleType:
 
 
 def is_source_checkout() -> bool:
-    """True when running from an unbuilt source tree: no build info and no native modules."""
-    return not build_info() and module_path("_C") is None
+    """True when imported from the repository (setup.py and csrc/ beside the package)."""
+    parent = os.path.dirname(_PKG_DIR)
+    return os.path.isfile(os.path.join(parent, "setup.py")) and os.path.isdir(os.path.join(parent, "csrc"))
 
 
 def ensure_loaded() -> None:
     """Called by ``import nvdiffrast.torch``: both native modules must load (GL needs no driver to load).
 
-    An unbuilt source checkout imports with the CPU reference backend only; CUDA and GL calls then
-    raise the explaining ImportError of :func:`load_cuda` / :func:`load_gl`.
+    In a source checkout a module that was not built in place is tolerated (the CPU reference backend
+    works without any); CUDA and GL calls then raise the explaining ImportError of
+    :func:`load_cuda` / :func:`load_gl`. A module that is present must load.
     """
-    if is_source_checkout():
-        return
-    load_cuda()
-    if build_info().get("gl_module", True):
+    dev = is_source_checkout()
+    if not dev or module_path("_C") is not None:
+        load_cuda()
+    if build_info().get("gl_module", True) and (not dev or module_path("_gl") is not None):
         load_gl()

@@ -6,8 +6,16 @@ CUDA tensors run on the native CUDA backend, CPU tensors on the vectorized refer
 
 from __future__ import annotations
 
-from . import ops  # noqa: F401 - the submodule is part of the public surface
-from .ops import (
+import torch as _torch  # noqa: F401 - torch's libraries load before ours
+
+from .. import _loader
+
+# The import guard: both native modules load here, or an ImportError names the cause and the fix
+# (torch/CUDA mismatch, driver, GPU architecture, missing library). Never compiles anything.
+_loader.ensure_loaded()
+
+from . import ops  # noqa: E402, F401 - the submodule is part of the public surface
+from .ops import (  # noqa: E402
     DepthPeeler,
     RasterizeCudaContext,
     RasterizeGLContext,
