@@ -146,7 +146,9 @@ def _rel(paths: list[str]) -> list[str]:
 IS_WIN = sys.platform == "win32"
 # The language standard is torch's choice (C++17 up to torch 2.9, C++20 after): its headers decide.
 # Kernels under csrc/kernels stay C++17 so every toolkit from CUDA 11.8 on compiles them.
-CXX_FLAGS = ["/O2"] if IS_WIN else ["-O3", "-fvisibility=hidden"]
+# No -fvisibility=hidden: with gcc 13 it made template statics of libstdc++ (locale facet ids) local to
+# the module, and ostream number formatting then crashed (seen on the GPU machine).
+CXX_FLAGS = ["/O2"] if IS_WIN else ["-O3"]
 NVCC_FLAGS = ["-O3", "-lineinfo", "--expt-relaxed-constexpr"]
 DEFINES = [("Py_LIMITED_API", "0x030A0000")] if LIMITED_API else []
 
@@ -178,6 +180,9 @@ if os.environ.get("NVDIFFRAST_NO_GL", "0") != "1":
             define_macros=DEFINES,
             libraries=gl_libs,
             extra_compile_args={"cxx": CXX_FLAGS, "nvcc": NVCC_FLAGS},
+            # Resolve every symbol at load time, before a GL driver enters the process: lazily bound
+            # C++ runtime calls made after the NVIDIA GL driver loaded crashed (seen on an H200).
+            extra_link_args=[] if IS_WIN else ["-Wl,-z,now"],
             py_limited_api=LIMITED_API,
         )
     )
