@@ -54,8 +54,8 @@ def _inputs(seed, filter_mode, boundary, stack):
 
 
 def _run(t, device, filter_mode, boundary, stack):
-    ins = {k: (v.to(device).requires_grad_(True) if k != "levels" else
-               [x.to(device).requires_grad_(True) for x in v]) for k, v in t.items()}
+    ins = {k: (v.detach().to(device).requires_grad_(True) if k != "levels" else
+               [x.detach().to(device).requires_grad_(True) for x in v]) for k, v in t.items()}
     mip = "mipmap" in filter_mode
     kw = {"uv_da": ins["uv_da"], "mip_level_bias": ins["bias"]} if mip else {}
     if mip and stack == "custom":

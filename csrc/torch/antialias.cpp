@@ -1,0 +1,172 @@
+// torch binding of the antialias kernels and the topology hash.
+#include <ATen/ops/empty.h>
+
+#include <optional>
+#include <tuple>
+#include <vector>
+
+#include "common.h"
+#include "kernels/antialias.h"
+
+namespace {
+
+struct Scratch {
+  at::Device device;
+  std::vector<at::Tensor> keep;
+  explicit Scratch(at::Device d) : device(d) {}
+  static void* alloc(void* self, size_t bytes) {
+    auto* s = static_cast<Scratch*>(self);
+    s->keep.push_back(at::empty({(int64_t)bytes}, at::TensorOptions().dtype(at::kByte).device(s->device)));
+    return s->keep.back().data_ptr();
+  }
+  NvdrAllocator handle() { return NvdrAllocator{&Scratch::alloc, this}; }
+};
+
+void check_tensor(const at::Tensor& t, const char* op, const char* name, at::ScalarType dtype, const at::Device& dev) {
+  TORCH_CHECK(t.is_cuda(), op, "(): input ", name, " must be a CUDA tensor");
+  TORCH_CHECK(t.device() == dev, op, "(): inputs ", name, " and color must reside on the same GPU device (", name,
+              " is on ", t.device(), ", color on ", dev, ")");
+  TORCH_CHECK(t.scalar_type() == dtype, op, "(): input ", name, " must be a ", c10::toString(dtype),
+              " tensor, got ", c10::toString(t.scalar_type()));
+  TORCH_CHECK(t.is_contiguous(), op, "(): input ", name, " must be a contiguous tensor");
+}
+
+// The hash tensor is int64 [2 * capacity]: capacity keys, then capacity (triangle, vertex) int32 pairs.
+AntialiasHash view_hash(const at::Tensor& h, const at::Device& dev, const char* op) {
+  TORCH_CHECK(h.is_cuda() && h.device() == dev, op, "(): topology hash must reside on the same GPU device as color");
+  TORCH_CHECK(h.scalar_type() == at::kLong && h.dim() == 1 && h.is_contiguous(), op,
+              "(): topology hash must be the tensor made by antialias_topology_hash");
+  const int64_t cap = h.numel() / 2;
+  TORCH_CHECK(h.numel() == 2 * cap && cap >= 64 && (cap & (cap - 1)) == 0, op,
+              "(): topology hash has an invalid size ", h.numel());
+  AntialiasHash r;
+  r.keys = reinterpret_cast<uint64_t*>(h.data_ptr<int64_t>());
+  r.vals = reinterpret_cast<int2*>(h.data_ptr<int64_t>() + cap);
+  r.capacity = cap;
+  return r;
+}
+
+at::Tensor antialias_topology_hash(const at::Tensor& tri) {
+  c10::cuda::CUDAGuard guard(tri.device());
+  TORCH_CHECK(tri.is_cuda(), "antialias_topology_hash(): tri must be a CUDA tensor");
+  TORCH_CHECK(tri.scalar_type() == at::kInt, "antialias_topology_hash(): tri must be an int32 tensor");
+  TORCH_CHECK(tri.is_contiguous(), "antialias_topology_hash(): tri must be a contiguous tensor");
+  TORCH_CHECK(tri.dim() == 2 && tri.size(1) == 3, "antialias_topology_hash(): tri must have shape [>0, 3], got ",
+              tri.sizes());
+  const int64_t cap = antialias_hash_capacity(tri.size(0));
+  at::Tensor h = at::empty({2 * cap}, tri.options().dtype(at::kLong));
+  AntialiasHash hh;
+  hh.keys = reinterpret_cast<uint64_t*>(h.data_ptr<int64_t>());
+  hh.vals = reinterpret_cast<int2*>(h.data_ptr<int64_t>() + cap);
+  hh.capacity = cap;
+  NVDR_CUDA_CHECK(antialias_build_hash_cuda(tri.data_ptr<int>(), tri.size(0), hh, nvdr::current_stream(tri)));
+  return h;
+}
+
+AntialiasParams make_params(const at::Tensor& color, const at::Tensor& rast, const at::Tensor& pos,
+                            const at::Tensor& tri, const at::Tensor& topology, const char* op) {
+  const at::Device dev = color.device();
+  check_tensor(color, op, "color", at::kFloat, dev);
+  check_tensor(rast, op, "rast", at::kFloat, dev);
+  check_tensor(pos, op, "pos", at::kFloat, dev);
+  check_tensor(tri, op, "tri", at::kInt, dev);
+  TORCH_CHECK(color.dim() == 4, op, "(): color must have shape [>0, >0, >0, >0], got ", color.sizes());
+  TORCH_CHECK(rast.dim() == 4 && rast.size(3) == 4 && rast.size(0) == color.size(0) && rast.size(1) == color.size(1) &&
+                  rast.size(2) == color.size(2),
+              op, "(): rast must have shape [", color.size(0), ", ", color.size(1), ", ", color.size(2),
+              ", 4] to match color, got ", rast.sizes());
+  TORCH_CHECK((pos.dim() == 3 && pos.size(2) == 4 && pos.size(0) == color.size(0)) || (pos.dim() == 2 && pos.size(1) == 4),
+              op, "(): pos must have shape [", color.size(0), ", >0, 4] or [>0, 4], got ", pos.sizes());
+  TORCH_CHECK(tri.dim() == 2 && tri.size(1) == 3, op, "(): tri must have shape [>0, 3], got ", tri.sizes());
+  AntialiasParams p{};
+  p.N = color.size(0);
+  p.H = color.size(1);
+  p.W = color.size(2);
+  p.C = color.size(3);
+  p.pos_batched = pos.dim() == 3 ? 1 : 0;
+  p.V = pos.size(pos.dim() - 2);
+  p.T = tri.size(0);
+  p.color = color.data_ptr<float>();
+  p.rast = rast.data_ptr<float>();
+  p.pos = pos.data_ptr<float>();
+  p.tri = tri.data_ptr<int>();
+  p.hash = view_hash(topology, dev, op);
+  return p;
+}
+
+std::tuple<at::Tensor, at::Tensor> antialias_fwd(const at::Tensor& color, const at::Tensor& rast,
+                                                 const at::Tensor& pos, const at::Tensor& tri,
+                                                 const at::Tensor& topology) {
+  c10::cuda::CUDAGuard guard(color.device());
+  AntialiasParams p = make_params(color, rast, pos, tri, topology, "antialias_fwd");
+  at::Tensor out = at::empty(color.sizes(), color.options());
+  at::Tensor work = at::empty({p.N, p.H, p.W, 2}, color.options());
+  p.out = out.data_ptr<float>();
+  NVDR_CUDA_CHECK(antialias_fwd_cuda(p, work.data_ptr<float>(), nvdr::current_stream(color)));
+  return {out, work};
+}
+
+std::tuple<at::Tensor, at::Tensor> antialias_bwd(const at::Tensor& color, const at::Tensor& rast, const at::Tensor& pos,
+                                                 const at::Tensor& tri, const at::Tensor& dy_in,
+                                                 const std::optional<at::Tensor>& work,
+                                                 const at::Tensor& topology, double pos_gradient_boost,
+                                                 bool deterministic) {
+  c10::cuda::CUDAGuard guard(color.device());
+  AntialiasParams p = make_params(color, rast, pos, tri, topology, "antialias_bwd");
+  at::Tensor dy = dy_in.contiguous();
+  check_tensor(dy, "antialias_bwd", "dy", at::kFloat, color.device());
+  TORCH_CHECK(dy.sizes() == color.sizes(), "antialias_bwd(): dy must have the shape of color ", color.sizes(),
+              ", got ", dy.sizes());
+  at::Tensor grad_color = at::empty(color.sizes(), color.options());
+  at::Tensor grad_pos = at::empty(pos.sizes(), pos.options());
+  p.dy = dy.data_ptr<float>();
+  p.grad_color = grad_color.data_ptr<float>();
+  p.grad_pos = grad_pos.data_ptr<float>();
+  p.pos_gradient_boost = (float)pos_gradient_boost;
+  TORCH_CHECK(!deterministic || p.N * p.H * p.W * 4 < (int64_t(1) << 31),
+              "antialias_bwd(): the deterministic backward handles at most 2^29-1 pixels, this call has ",
+              p.N * p.H * p.W, "; turn torch.use_deterministic_algorithms off for it");
+  // The forward's per-pixel item weights; without them (or for a mismatching tensor) they are recomputed.
+  const float* work_ptr = nullptr;
+  if (work.has_value() && work->defined() && work->is_cuda() && work->device() == color.device() &&
+      work->scalar_type() == at::kFloat && work->is_contiguous() && work->numel() == p.N * p.H * p.W * 2)
+    work_ptr = work->data_ptr<float>();
+  Scratch scratch(color.device());
+  NVDR_CUDA_CHECK(antialias_bwd_cuda(p, work_ptr, deterministic ? 1 : 0, scratch.handle(),
+                                     nvdr::current_stream(color)));
+  return {grad_color, grad_pos};
+}
+
+std::tuple<at::Tensor, at::Tensor> antialias_fwd_meta(const at::Tensor& color, const at::Tensor&, const at::Tensor&,
+                                                      const at::Tensor&, const at::Tensor&) {
+  return {at::empty(color.sizes(), color.options()),
+          at::empty({color.size(0), color.size(1), color.size(2), 2}, color.options())};
+}
+
+std::tuple<at::Tensor, at::Tensor> antialias_bwd_meta(const at::Tensor& color, const at::Tensor&, const at::Tensor& pos,
+                                                      const at::Tensor&, const at::Tensor&,
+                                                      const std::optional<at::Tensor>&, const at::Tensor&, double,
+                                                      bool) {
+  return {at::empty(color.sizes(), color.options()), at::empty(pos.sizes(), pos.options())};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(nvdiffrast, m) {
+  m.def("antialias_topology_hash(Tensor tri) -> Tensor");
+  m.def("antialias_fwd(Tensor color, Tensor rast, Tensor pos, Tensor tri, Tensor topology) -> (Tensor, Tensor)");
+  m.def(
+      "antialias_bwd(Tensor color, Tensor rast, Tensor pos, Tensor tri, Tensor dy, Tensor? work, Tensor topology, "
+      "float pos_gradient_boost, bool deterministic) -> (Tensor, Tensor)");
+}
+
+TORCH_LIBRARY_IMPL(nvdiffrast, CUDA, m) {
+  m.impl("antialias_topology_hash", &antialias_topology_hash);
+  m.impl("antialias_fwd", &antialias_fwd);
+  m.impl("antialias_bwd", &antialias_bwd);
+}
+
+TORCH_LIBRARY_IMPL(nvdiffrast, Meta, m) {
+  m.impl("antialias_fwd", &antialias_fwd_meta);
+  m.impl("antialias_bwd", &antialias_bwd_meta);
+}

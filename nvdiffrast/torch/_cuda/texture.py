@@ -1,0 +1,84 @@
+"""CUDA adapters for ``texture`` (contract: ``nvdiffrast.torch._backend``)."""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+from torch import Tensor
+
+from ... import _loader
+
+_FILTER = {"nearest": 0, "linear": 1, "linear-mipmap-nearest": 2, "linear-mipmap-linear": 3}
+_BOUNDARY = {"wrap": 0, "clamp": 1, "zero": 2, "cube": 3}
+
+
+def _ops():  # noqa: ANN202 - torch.ops namespace object
+    _loader.load_cuda()
+    return torch.ops.nvdiffrast
+
+
+def _codes(filter_mode: str, boundary_mode: str) -> tuple[int, int]:
+    if filter_mode not in _FILTER:
+        raise KeyError(f"texture: filter_mode must be one of {sorted(_FILTER)}, got {filter_mode!r}")
+    if boundary_mode not in _BOUNDARY:
+        raise KeyError(f"texture: boundary_mode must be one of {sorted(_BOUNDARY)}, got {boundary_mode!r}")
+    return _FILTER[filter_mode], _BOUNDARY[boundary_mode]
+
+
+def texture_fwd(
+    levels: Sequence[Tensor],
+    uv: Tensor,
+    uv_da: Optional[Tensor],
+    mip_level_bias: Optional[Tensor],
+    filter_mode: str,
+    boundary_mode: str,
+) -> Tensor:
+    """Sample ``levels`` (base texture first, then mip levels) at ``uv``; returns [N, h, w, C]."""
+    f, b = _codes(filter_mode, boundary_mode)
+    return _ops().texture_fwd(list(levels), uv, uv_da, mip_level_bias, f, b)
+
+
+def texture_bwd(
+    levels: Sequence[Tensor],
+    uv: Tensor,
+    uv_da: Optional[Tensor],
+    mip_level_bias: Optional[Tensor],
+    dy: Tensor,
+    filter_mode: str,
+    boundary_mode: str,
+) -> tuple[list[Tensor], Optional[Tensor], Optional[Tensor], Optional[Tensor]]:
+    """Gradients per level, and w.r.t. uv (None for 'nearest'), uv_da and mip_level_bias (None unless
+    'linear-mipmap-linear' and the input was given).
+
+    Under ``torch.use_deterministic_algorithms(True)`` texel gradients are summed in a fixed order."""
+    f, b = _codes(filter_mode, boundary_mode)
+    det = torch.are_deterministic_algorithms_enabled()
+    grads, g_uv, g_da, g_bias = _ops().texture_bwd(
+        list(levels), uv, uv_da, mip_level_bias, dy.contiguous(), f, b, det
+    )
+    lml = f == _FILTER["linear-mipmap-linear"]
+    return (
+        list(grads),
+        None if f == _FILTER["nearest"] else g_uv,
+        g_da if (lml and uv_da is not None) else None,
+        g_bias if (lml and mip_level_bias is not None) else None,
+    )
+
+
+def mip_build(tex: Tensor, num_levels: int, cube: bool) -> list[Tensor]:
+    """Box-filter mip levels 1..``num_levels`` of ``tex`` on the GPU (the sizes of ``_mip.mip_level_sizes``).
+
+    A drop-in for ``_mip.build_mip_levels`` on CUDA tensors: one small kernel per level."""
+    return list(_ops().texture_mip_build(tex, int(num_levels), bool(cube)))
+
+
+def mip_adjoint(level_grads: Sequence[Optional[Tensor]], cube: bool) -> Tensor:
+    """Gradient on the base texture from gradients on every level of its box-filter pyramid, in one
+    kernel (a drop-in for ``_mip.mip_adjoint`` on CUDA tensors). ``None`` entries count as zero."""
+    grads = []
+    for lvl, g in enumerate(level_grads):
+        if g is None:
+            raise ValueError(f"mip_adjoint: level {lvl} gradient is None; pass zeros for levels without gradient")
+        grads.append(g)
+    return _ops().texture_mip_adjoint(grads, bool(cube))
