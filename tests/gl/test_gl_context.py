@@ -216,3 +216,22 @@ def test_missing_driver_is_a_clear_runtime_error():
     assert "RUNTIMEERROR:" in proc.stdout, proc.stdout + proc.stderr
     assert "What was tried" in proc.stdout and "NVIDIA_DRIVER_CAPABILITIES" in proc.stdout
     assert len(proc.stdout) < 4000  # one readable message, not a dump
+
+
+def test_optimizer_after_gl_context_does_not_crash():
+    # Creating an optimizer imports torch._dynamo (and Triton's LLVM); with Mesa's llvmpipe already in
+    # the process that crashed until RasterizeGLContext preloaded it. Run in a child: a crash is rc < 0.
+    require_gl("cpu")
+    code = textwrap.dedent("""
+        import torch, nvdiffrast.torch as dr
+        ctx = dr.RasterizeGLContext(device="cpu")
+        p = torch.nn.Parameter(torch.zeros(4))
+        torch.optim.Adam([p], lr=0.1).step()
+        pos = torch.tensor([[[-1, -1, 0, 1], [1, -1, 0, 1], [-1, 1, 0, 1]]], dtype=torch.float32)
+        tri = torch.tensor([[0, 1, 2]], dtype=torch.int32)
+        rast, _ = dr.rasterize(ctx, pos, tri, (4, 4))
+        print(rast[0, 1, 0].tolist())
+    """)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.strip().splitlines()[-1] == "[0.5, 0.125, 0.0, 1.0]"
