@@ -51,7 +51,9 @@ def test_import_without_compiler_is_fast_and_writes_nothing() -> None:
 
 @needs_built
 def test_doctor_reports_and_renders_on_cpu() -> None:
-    r = subprocess.run([sys.executable, "-m", "nvdiffrast.doctor"], capture_output=True, text=True, timeout=300)
+    # cwd outside the repo so that `-m` does not put the source tree ahead of the installed wheel
+    r = subprocess.run([sys.executable, "-m", "nvdiffrast.doctor"], capture_output=True, text=True, timeout=300,
+                       cwd=tempfile.gettempdir())
     print(r.stdout[-4000:], r.stderr[-2000:])
     assert "[  ok] render: reference backend (CPU)" in r.stdout
     assert "[  ok] module nvdiffrast._C" in r.stdout

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 import textwrap
 import threading
 
@@ -191,7 +192,9 @@ def _run_isolated(env_update: dict) -> subprocess.CompletedProcess:
     env = dict(os.environ)
     env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
     env.update(env_update)
-    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    # cwd outside the repo: `python -c` puts cwd first on sys.path, which would shadow the installed wheel
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300,
+                          cwd=tempfile.gettempdir())
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="EGL (Linux) loader behavior")
@@ -232,6 +235,7 @@ def test_optimizer_after_gl_context_does_not_crash():
         rast, _ = dr.rasterize(ctx, pos, tri, (4, 4))
         print(rast[0, 1, 0].tolist())
     """)
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                       cwd=tempfile.gettempdir())
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.strip().splitlines()[-1] == "[0.5, 0.125, 0.0, 1.0]"
