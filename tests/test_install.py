@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+import nvdiffrast
 from nvdiffrast import _loader
 
 WHEEL = os.environ.get("NVDR_TEST_WHEEL")
@@ -52,8 +53,10 @@ def test_import_without_compiler_is_fast_and_writes_nothing() -> None:
 @needs_built
 def test_doctor_reports_and_renders_on_cpu() -> None:
     # cwd outside the repo so that `-m` does not put the source tree ahead of the installed wheel
+    root = os.path.dirname(os.path.dirname(os.path.abspath(nvdiffrast.__file__)))  # the nvdiffrast under test
+    env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
     r = subprocess.run([sys.executable, "-m", "nvdiffrast.doctor"], capture_output=True, text=True, timeout=300,
-                       cwd=tempfile.gettempdir())
+                       cwd=tempfile.gettempdir(), env=env)
     print(r.stdout[-4000:], r.stderr[-2000:])
     assert "[  ok] render: reference backend (CPU)" in r.stdout
     assert "[  ok] module nvdiffrast._C" in r.stdout

@@ -235,7 +235,9 @@ def test_optimizer_after_gl_context_does_not_crash():
         rast, _ = dr.rasterize(ctx, pos, tri, (4, 4))
         print(rast[0, 1, 0].tolist())
     """)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(nvdiffrast.__file__)))  # the nvdiffrast under test
+    env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
-                       cwd=tempfile.gettempdir())
+                       cwd=tempfile.gettempdir(), env=env)
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.strip().splitlines()[-1] == "[0.5, 0.125, 0.0, 1.0]"
