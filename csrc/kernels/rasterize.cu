@@ -13,7 +13,8 @@
 //
 // The arithmetic follows the reference backend operation by operation (explicit round-to-nearest
 // intrinsics, so the compiler cannot fuse differently in different kernels): the visibility test,
-// the reported z/w and the depth-peeling comparison all see the same float32 depth.
+// the reported z/w and the depth-peeling comparison all see the same float32 depth. Only the
+// resolve pass's u, v and derivatives take one reciprocal instead of divisions (float32 outputs).
 #include "kernels/rasterize.h"
 
 #include <cfloat>
@@ -24,16 +25,20 @@ namespace {
 
 typedef unsigned long long u64;
 
-constexpr int kBandRows = 32;            // rows of one large-triangle work item: one row per lane
-// Bounding-box pixels up to which one thread walks a triangle; larger ones are split into row
-// bands over the lanes of a warp. Small jobs have too few triangles to keep the GPU busy with one
-// thread each, so they queue almost everything.
-constexpr int64_t kSmallMaxArea = 1024;
-constexpr int64_t kSmallMaxAreaFewTriangles = 48;
+constexpr int kBandRows = 32;            // rows of one queued work item (a band)
+// Every triangle is walked by a whole warp: lanes first take one row each and compute its column
+// span, then the spans' pixels are dealt out 32 at a time, so lanes stay busy whatever the shape
+// (long slivers, wide rows). A triangle whose bounding box has more rows or pixels than below is
+// queued instead and its bands spread over many warps.
+constexpr int kQueueRows = 2 * kBandRows;
+constexpr int64_t kQueueArea = 4096;
+// Below this many triangle instances each warp sets up a single triangle (every lane the same
+// one), so small jobs still spread over the whole GPU; above it each lane sets up its own and the
+// warp walks its 32 triangles one after another.
 constexpr int64_t kFewTriangles = 65536;
 // The setup pass runs over chunks of at most kChunk triangle instances. Within a chunk one 64-bit
-// counter packs (queued entries << kEntryShift) + (row bands queued), so a single atomicAdd gives
-// every queued triangle its slot and the index of its first band, both in the same order: the
+// counter packs (queued entries << kEntryShift) + (row bands queued), so one atomicAdd per warp gives
+// its queued triangles their slots and the indices of their first bands, both in the same order: the
 // band -> entry map is a binary search, with no scan pass. kChunk * (2^20 / kBandRows + 1) bands
 // fit below 2^kEntryShift, and kChunk entries below 2^(64 - kEntryShift).
 constexpr int64_t kChunk = int64_t(1) << 23;
@@ -52,6 +57,7 @@ struct BigEntry {
   int image;
   int tri;
   int r0, r1;  // rows of the bounding box
+  int c0, c1;  // columns of the bounding box
 };
 
 struct Scratch {
@@ -145,10 +151,10 @@ __device__ __forceinline__ bool covers(const TriSetup& s, double X, double Y) {
 
 // Conservative column range of row Y inside all three edges, so a thread or lane only visits about
 // the covered pixels of its row instead of the whole bounding box; every candidate still goes
-// through the exact covers() test. isb = 1 / sb (inexact reciprocals are fine). An edge bound is
-// used only when its rounding error is far below a column (huge, nearly cancelling coefficients
-// make it unreliable; then the edge is left to covers()), so floor/ceil are enough margin: a pixel
-// a whole column outside a reliable bound has |A_k| far above the rounding error of covers().
+// through the exact covers() test. isb = 1 / sb (inexact reciprocals are fine), or 0 for an edge
+// whose bound is unreliable (see span_recips); such edges are left to covers(). covers() itself
+// errs by less than the quarter column allowed there, so a pixel that it accepts lies less than
+// half a column outside the computed bound: half a column of margin keeps every such pixel.
 // False if the row is certainly empty.
 __device__ __forceinline__ bool row_span(const TriSetup& s, const double isb[3], double Y, int W, int& c0, int& c1) {
   double lo = -1.0e300, hi = 1.0e300;
@@ -161,23 +167,29 @@ __device__ __forceinline__ bool row_span(const TriSetup& s, const double isb[3],
       if (base < 0.0 || (base == 0.0 && !s.tie[k])) return false;
       continue;
     }
-    const double err_cols = (fabs(s.sa[k]) + fabs(scy) + fabs(s.sb[k])) * 1.0e-15 * fabs(isb[k]) * half_w;
-    if (!(err_cols < 0.25)) continue;
+    if (isb[k] == 0.0) continue;
     const double x = -base * isb[k];
     if (s.sb[k] > 0.0) lo = fmax(lo, x); else hi = fmin(hi, x);
   }
   // X = (2c + 1) / W - 1  <=>  c = (X + 1) W / 2 - 1/2
-  const double a = fmax(floor((lo + 1.0) * half_w - 0.5), 0.0);
-  const double b = fmin(ceil((hi + 1.0) * half_w - 0.5), double(W - 1));
+  const double a = fmax(ceil((lo + 1.0) * half_w - 1.0), 0.0);
+  const double b = fmin(floor((hi + 1.0) * half_w), double(W - 1));
   if (!(a <= b)) return false;  // also false for NaN
   c0 = int(a);
   c1 = int(b);
   return true;
 }
 
-__device__ __forceinline__ void span_recips(const TriSetup& s, double isb[3]) {
+// Per-triangle part of row_span: 1 / sb_k, or 0 where the edge bound's rounding error could reach
+// a quarter column in some row (huge, nearly cancelling coefficients). |Y| <= 1 bounds |sc_k Y| by
+// |sc_k|, so one test covers every row.
+__device__ __forceinline__ void span_recips(const TriSetup& s, int W, double isb[3]) {
 #pragma unroll
-  for (int k = 0; k < 3; ++k) isb[k] = s.sb[k] != 0.0 ? 1.0 / s.sb[k] : 0.0;
+  for (int k = 0; k < 3; ++k) {
+    const double r = s.sb[k] != 0.0 ? 1.0 / s.sb[k] : 0.0;
+    const double err_cols = (fabs(s.sa[k]) + fabs(s.sc[k]) + fabs(s.sb[k])) * 1.0e-15 * fabs(r) * (0.5 * W);
+    isb[k] = err_cols < 0.25 ? r : 0.0;
+  }
 }
 
 __device__ __forceinline__ double plane_depth(const TriSetup& s, double X, double Y) {
@@ -251,6 +263,7 @@ struct FragCtx {
   int W;
   const float* prev;  // previous depth-peeling layer or null
   u64* depth;
+  bool filter;        // read the visibility word before the atomic (see visit())
 };
 
 // Visibility key of the fragment at (c, r), or kEmpty if it is clipped by the near/far planes or
@@ -267,30 +280,63 @@ __device__ __forceinline__ u64 fragment_key(const FragCtx& f, const TriSetup& s,
   return ((u64)depth_key(d32) << 32) | (u64)f.low;
 }
 
-// Visits columns c0..c1 of row r, four at a time: the current visibility words of a group are
-// loaded together and only fragments that beat them issue the atomic. A stale value can only be
-// larger than the current one (values only decrease), so skipping on it is safe; the filter saves
-// most atomics on meshes with high depth complexity.
-__device__ __forceinline__ void walk_span(const FragCtx& f, const TriSetup& ts, const double* __restrict__ xs, int r,
-                                          double Y, int c0, int c1) {
-  const int64_t row = f.img_base + (int64_t)r * f.W;
-  for (int col = c0; col <= c1; col += 4) {
-    u64 key[4];
-#pragma unroll
-    for (int j = 0; j < 4; ++j) {
-      key[j] = kEmpty;
-      const int c = col + j;
-      if (c <= c1) {
-        const double X = xs[c];
-        if (covers(ts, X, Y)) key[j] = fragment_key(f, ts, row + c, X, Y);
+constexpr unsigned kFullMask = 0xffffffffu;
+
+// One candidate pixel. With f.filter, the current visibility word is read first and only a
+// fragment that beats it issues the atomic: a stale value can only be larger than the current one
+// (values only decrease), so skipping on it is safe, and at high depth complexity it saves most
+// atomics. Without it the atomic needs no round trip, which is shorter at low depth complexity.
+__device__ __forceinline__ void visit(const FragCtx& f, const TriSetup& ts, int64_t pix, double X, double Y) {
+  if (!covers(ts, X, Y)) return;
+  const u64 key = fragment_key(f, ts, pix, X, Y);
+  if (key != kEmpty && (!f.filter || key < f.depth[pix])) atomicMin(f.depth + pix, key);
+}
+
+// Many triangles per pixel: likely many fragments per pixel, where filtering pays.
+__device__ __forceinline__ bool use_filter(const RasterizeFwdParams& p) {
+  return p.total_work * 8 > (int64_t)p.num_images * p.height * p.width;
+}
+
+// Rows r_begin..r_end, columns c_min..c_max (the bounding box) of one triangle, walked by the whole warp; every lane
+// must call it with the same arguments. Lane i computes the column span of row r + i, a warp scan
+// lays the spans end to end, and each round deals the next 32 pixels of that list to the lanes
+// (a binary search over the scan finds a lane's row), so no lane idles on a short row.
+__device__ __forceinline__ void warp_walk(const FragCtx& f, const TriSetup& ts, const double isb[3],
+                                          const double* __restrict__ xs, const double* __restrict__ ys, int r_begin,
+                                          int r_end, int c_min, int c_max, int lane) {
+  for (int rb = r_begin; rb <= r_end; rb += 32) {
+    const int r = rb + lane;
+    int c0 = 0, len = 0;
+    if (r <= r_end) {
+      int a, b;
+      if (row_span(ts, isb, ys[r], f.W, a, b)) {
+        c0 = max(a, c_min);
+        len = max(min(b, c_max) - c0 + 1, 0);
       }
     }
-    u64 cur[4];
+    int incl = len;
 #pragma unroll
-    for (int j = 0; j < 4; ++j) cur[j] = key[j] != kEmpty ? f.depth[row + col + j] : 0ull;
+    for (int off = 1; off < 32; off <<= 1) {
+      const int v = __shfl_up_sync(kFullMask, incl, off);
+      if (lane >= off) incl += v;
+    }
+    const int total = __shfl_sync(kFullMask, incl, 31);
+    for (int q0 = 0; q0 < total; q0 += 32) {
+      const int q = q0 + lane;
+      int j = 0;  // first lane whose inclusive prefix exceeds q
 #pragma unroll
-    for (int j = 0; j < 4; ++j) {
-      if (key[j] < cur[j]) atomicMin(f.depth + row + col + j, key[j]);
+      for (int step = 16; step >= 1; step >>= 1) {
+        const int v = __shfl_sync(kFullMask, incl, j + step - 1);
+        if (v <= q) j += step;
+      }
+      const int incl_j = __shfl_sync(kFullMask, incl, j);
+      const int len_j = __shfl_sync(kFullMask, len, j);
+      const int c0_j = __shfl_sync(kFullMask, c0, j);
+      if (q < total) {
+        const int row = rb + j;
+        const int c = c0_j + (q - (incl_j - len_j));
+        visit(f, ts, f.img_base + (int64_t)row * f.W + c, xs[c], ys[row]);
+      }
     }
   }
 }
@@ -313,77 +359,166 @@ __global__ void clear_kernel(u64* __restrict__ depth, int64_t pixels, Counters* 
   for (int64_t j = i; j < pairs; j += stride) d2[j] = make_ulonglong2(kEmpty, kEmpty);
 }
 
-__device__ __forceinline__ bool enqueue(const Scratch& s, int n, int64_t t, const PixelBox& bx) {
-  const u64 bands = (u64)((bx.r1 - bx.r0) / kBandRows + 1);
-  const u64 old = atomicAdd(&s.counters->packed, (1ull << kEntryShift) + bands);
-  const u64 slot = old >> kEntryShift;
-  // Cannot fail (capacity = chunk size); if it did, the orphan bands map past their entry's rows
-  // and are skipped.
+// Queues the flagged triangles of a warp (every lane calls it) with one atomic: the slots and the
+// first bands of the warp's entries are consecutive and in lane order, so band starts increase
+// with the slot across the whole queue. Returns false for a flagged lane whose slot is past the
+// capacity (cannot happen: the capacity is the chunk size); that lane's triangle is then walked
+// right away, and its orphan bands map past the rows of the previous entry and are skipped.
+__device__ __forceinline__ bool enqueue_warp(const Scratch& s, bool want, int n, int64_t t, const PixelBox& bx,
+                                             int lane) {
+  const unsigned m = __ballot_sync(kFullMask, want);
+  if (m == 0) return true;
+  const int bands = want ? (bx.r1 - bx.r0) / kBandRows + 1 : 0;
+  int incl = bands;
+#pragma unroll
+  for (int off = 1; off < 32; off <<= 1) {
+    const int v = __shfl_up_sync(kFullMask, incl, off);
+    if (lane >= off) incl += v;
+  }
+  const int total = __shfl_sync(kFullMask, incl, 31);
+  u64 old = 0;
+  if (lane == 0) old = atomicAdd(&s.counters->packed, ((u64)__popc(m) << kEntryShift) + (u64)total);
+  old = __shfl_sync(kFullMask, old, 0);
+  if (!want) return true;
+  const u64 slot = (old >> kEntryShift) + (u64)__popc(m & ((1u << lane) - 1u));
   if ((int64_t)slot >= s.capacity) return false;
   BigEntry e;
   e.image = n;
   e.tri = int(t);
   e.r0 = bx.r0;
   e.r1 = bx.r1;
+  e.c0 = bx.c0;
+  e.c1 = bx.c1;
   s.entries[slot] = e;
-  s.band_start[slot] = old & kBandMask;
+  s.band_start[slot] = (old & kBandMask) + (u64)(incl - bands);
   return true;
 }
 
-__global__ void __launch_bounds__(kBlock, 3) setup_kernel(RasterizeFwdParams p, Scratch s, int64_t w_begin,
-                                                          int64_t w_end) {
-  const int W = p.width, H = p.height;
-  const int64_t small_max = p.total_work < kFewTriangles ? kSmallMaxAreaFewTriangles : kSmallMaxArea;
-  const int64_t stride = (int64_t)gridDim.x * blockDim.x;
-  for (int64_t w = w_begin + (int64_t)blockIdx.x * blockDim.x + threadIdx.x; w < w_end; w += stride) {
-    int n;
-    int64_t t;
-    if (p.instanced) {
-      n = int(w / p.num_triangles);
-      t = w - (int64_t)n * p.num_triangles;
-    } else {
-      // Last image whose exclusive prefix is <= w (images without triangles are skipped over).
-      int lo = 0, hi = p.num_images - 1;
-      while (lo < hi) {
-        const int mid = (lo + hi + 1) >> 1;
-        if (p.range_info[mid] <= w) lo = mid; else hi = mid - 1;
-      }
-      n = lo;
-      t = p.range_info[p.num_images + 1 + n] + (w - p.range_info[n]);
+// What a lane hands to its warp for walking (lane-per-triangle mode), through shared memory.
+struct WalkItem {
+  double sa[3], sb[3], sc[3], dz[3], isb[3];
+  int r0, r1, c0, c1, image;
+  unsigned low;
+};
+
+__device__ __forceinline__ void decode_work(const RasterizeFwdParams& p, int64_t w, int& n, int64_t& t) {
+  if (p.instanced) {
+    n = int(w / p.num_triangles);
+    t = w - (int64_t)n * p.num_triangles;
+  } else {
+    // Last image whose exclusive prefix is <= w (images without triangles are skipped over).
+    int lo = 0, hi = p.num_images - 1;
+    while (lo < hi) {
+      const int mid = (lo + hi + 1) >> 1;
+      if (p.range_info[mid] <= w) lo = mid; else hi = mid - 1;
     }
+    n = lo;
+    t = p.range_info[p.num_images + 1 + n] + (w - p.range_info[n]);
+  }
+}
+
+// Culls and bins triangle instances w_begin..w_end-1. kWarpPerTriangle: every lane of a warp sets
+// up the same instance (small jobs); otherwise each lane its own and the warp walks them in turn.
+// Every branch around the warp-wide calls is uniform across the warp.
+template <bool kWarpPerTriangle>
+__global__ void __launch_bounds__(kBlock, 4) setup_kernel(RasterizeFwdParams p, Scratch s, int64_t w_begin,
+                                                       int64_t w_end) {
+  __shared__ WalkItem items[kWarpPerTriangle ? 1 : kBlock];
+  const int W = p.width, H = p.height;
+  const int lane = threadIdx.x & 31;
+  const int64_t per_warp = kWarpPerTriangle ? 1 : 32;
+  const int64_t warp_id = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
+  const int64_t warps = ((int64_t)gridDim.x * blockDim.x) >> 5;
+  FragCtx f;
+  f.W = W;
+  f.prev = p.prev_rast;
+  f.depth = s.depth;
+  f.filter = use_filter(p);
+  for (int64_t base = w_begin + warp_id * per_warp; base < w_end; base += warps * per_warp) {
+    const int64_t w = kWarpPerTriangle ? base : base + lane;
+    int n = 0;
+    int64_t t = 0;
     float4 a, b, c;
-    if (!load_triangle(p.pos, p.tri, p.num_vertices, p.instanced, n, t, a, b, c)) continue;
-    const PixelBox bx = pixel_box(a, b, c, W, H);
-    if (bx.c0 > bx.c1 || bx.r0 > bx.r1) continue;
-    const int64_t area = (int64_t)(bx.c1 - bx.c0 + 1) * (bx.r1 - bx.r0 + 1);
-    if (area > small_max && enqueue(s, n, t, bx)) continue;
-    // Small triangle (or queue full: same result, just slower): walk the box here.
+    PixelBox bx;
+    bool live = false;
+    if (w < w_end) {
+      decode_work(p, w, n, t);
+      if (load_triangle(p.pos, p.tri, p.num_vertices, p.instanced, n, t, a, b, c)) {
+        bx = pixel_box(a, b, c, W, H);
+        live = bx.c0 <= bx.c1 && bx.r0 <= bx.r1;
+      }
+    }
+    const bool big = live && (bx.r1 - bx.r0 + 1 > kQueueRows ||
+                              (int64_t)(bx.c1 - bx.c0 + 1) * (bx.r1 - bx.r0 + 1) > kQueueArea);
+    bool queued = enqueue_warp(s, big && (!kWarpPerTriangle || lane == 0), n, t, bx, lane) && big;
+    if (kWarpPerTriangle) queued = __shfl_sync(kFullMask, queued, 0);
     TriSetup ts;
-    if (!make_setup(a, b, c, ts)) continue;
-    FragCtx f;
-    f.low = ~(unsigned)t;
-    f.img_base = (int64_t)n * H * W;
-    f.W = W;
-    f.prev = p.prev_rast;
-    f.depth = s.depth;
-    double isb[3];
-    span_recips(ts, isb);
-    for (int r = bx.r0; r <= bx.r1; ++r) {
-      const double Y = s.ys[r];
-      int c0, c1;
-      if (!row_span(ts, isb, Y, W, c0, c1)) continue;
-      walk_span(f, ts, s.xs, r, Y, max(c0, bx.c0), min(c1, bx.c1));
+    const bool walk = live && !queued && make_setup(a, b, c, ts);
+    if (kWarpPerTriangle) {
+      if (walk) {
+        double isb[3];
+        span_recips(ts, W, isb);
+        f.low = ~(unsigned)t;
+        f.img_base = (int64_t)n * H * W;
+        warp_walk(f, ts, isb, s.xs, s.ys, bx.r0, bx.r1, bx.c0, bx.c1, lane);
+      }
+    } else {
+      WalkItem* mine = &items[threadIdx.x];
+      if (walk) {
+        double isb[3];
+        span_recips(ts, W, isb);
+#pragma unroll
+        for (int k = 0; k < 3; ++k) {
+          mine->sa[k] = ts.sa[k];
+          mine->sb[k] = ts.sb[k];
+          mine->sc[k] = ts.sc[k];
+          mine->isb[k] = isb[k];
+        }
+        mine->dz[0] = ts.dz0;
+        mine->dz[1] = ts.dz1;
+        mine->dz[2] = ts.dz2;
+        mine->r0 = bx.r0;
+        mine->r1 = bx.r1;
+        mine->c0 = bx.c0;
+        mine->c1 = bx.c1;
+        mine->image = n;
+        mine->low = ~(unsigned)t;
+      }
+      __syncwarp();
+      unsigned m = __ballot_sync(kFullMask, walk);
+      const WalkItem* warp_items = &items[threadIdx.x & ~31];
+      while (m) {
+        const WalkItem& it = warp_items[__ffs(m) - 1];
+        m &= m - 1;
+        TriSetup ws;
+        double isb[3];
+#pragma unroll
+        for (int k = 0; k < 3; ++k) {
+          ws.sa[k] = it.sa[k];
+          ws.sb[k] = it.sb[k];
+          ws.sc[k] = it.sc[k];
+          ws.tie[k] = ws.sb[k] > 0.0 || (ws.sb[k] == 0.0 && ws.sc[k] > 0.0);
+          isb[k] = it.isb[k];
+        }
+        ws.dz0 = it.dz[0];
+        ws.dz1 = it.dz[1];
+        ws.dz2 = it.dz[2];
+        f.low = it.low;
+        f.img_base = (int64_t)it.image * H * W;
+        warp_walk(f, ws, isb, s.xs, s.ys, it.r0, it.r1, it.c0, it.c1, lane);
+      }
+      __syncwarp();
     }
   }
 }
 
-// Large triangles: warps take up to kBandsPerGrab consecutive bands (of kBandRows rows) at a time
+// Queued triangles: warps take up to kBandsPerGrab consecutive bands (of kBandRows rows) at a time
 // from a global cursor (fewer when there is little work, so that it spreads over all warps); one
-// binary search finds the first band's triangle, the following bands advance linearly. Each lane
-// walks the span of one row of the band.
+// binary search finds the first band's triangle, the following bands advance linearly, and the
+// triangle's setup is reused while the bands stay on it. The warp walks each band together.
 constexpr int kBandsPerGrab = 8;
 
-__global__ void __launch_bounds__(kBlock, 3) big_kernel(RasterizeFwdParams p, Scratch s) {
+__global__ void __launch_bounds__(kBlock, 4) big_kernel(RasterizeFwdParams p, Scratch s) {
   const int W = p.width, H = p.height;
   const int lane = threadIdx.x & 31;
   const u64 packed = s.counters->packed;
@@ -394,44 +529,49 @@ __global__ void __launch_bounds__(kBlock, 3) big_kernel(RasterizeFwdParams p, Sc
   const u64 warps = (u64)gridDim.x * (blockDim.x / 32);
   u64 grab = total / (2 * warps);
   grab = grab < 1 ? 1 : (grab > (u64)kBandsPerGrab ? (u64)kBandsPerGrab : grab);
+  FragCtx f;
+  f.W = W;
+  f.prev = p.prev_rast;
+  f.depth = s.depth;
+  f.filter = use_filter(p);
   for (;;) {
     u64 t0 = 0;
     if (lane == 0) t0 = atomicAdd(&s.counters->cursor, grab);
-    t0 = __shfl_sync(0xffffffffu, t0, 0);
+    t0 = __shfl_sync(kFullMask, t0, 0);
     if (t0 >= total) break;
     int64_t e = 0, hi = n_entries - 1;  // last entry whose first band is <= t0
     while (e < hi) {
       const int64_t mid = (e + hi + 1) >> 1;
       if (s.band_start[mid] <= t0) e = mid; else hi = mid - 1;
     }
+    int64_t have = -1;  // entry whose setup ts holds
+    bool ok = false;
+    TriSetup ts;
+    double isb[3];
     for (u64 t = t0; t < t0 + grab && t < total; ++t) {
       while (e + 1 < n_entries && s.band_start[e + 1] <= t) ++e;
       const BigEntry en = s.entries[e];
-      const int r = en.r0 + int(t - s.band_start[e]) * kBandRows + lane;
-      if (r > en.r1) continue;
-      float4 a, b, c;
-      load_triangle(p.pos, p.tri, p.num_vertices, p.instanced, en.image, en.tri, a, b, c);  // checked when queued
-      TriSetup ts;
-      if (!make_setup(a, b, c, ts)) continue;
-      double isb[3];
-      span_recips(ts, isb);
-      const double Y = s.ys[r];
-      int c0, c1;
-      if (!row_span(ts, isb, Y, W, c0, c1)) continue;
-      FragCtx f;
-      f.low = ~(unsigned)en.tri;
-      f.img_base = (int64_t)en.image * H * W;
-      f.W = W;
-      f.prev = p.prev_rast;
-      f.depth = s.depth;
-      walk_span(f, ts, s.xs, r, Y, c0, c1);
+      const u64 band = t - s.band_start[e];
+      if (band > (u64)((en.r1 - en.r0) / kBandRows)) continue;
+      if (e != have) {
+        have = e;
+        float4 a, b, c;
+        load_triangle(p.pos, p.tri, p.num_vertices, p.instanced, en.image, en.tri, a, b, c);  // checked when queued
+        ok = make_setup(a, b, c, ts);
+        if (ok) span_recips(ts, W, isb);
+        f.low = ~(unsigned)en.tri;
+        f.img_base = (int64_t)en.image * H * W;
+      }
+      if (!ok) continue;
+      const int rb = en.r0 + int(band) * kBandRows;
+      warp_walk(f, ts, isb, s.xs, s.ys, rb, min(rb + kBandRows - 1, en.r1), en.c0, en.c1, lane);
     }
   }
 }
 
 __device__ __forceinline__ float finite_or_zero(double x) { return fabs(x) <= DBL_MAX ? float(x) : 0.0f; }
 
-__global__ void __launch_bounds__(kBlock) resolve_kernel(RasterizeFwdParams p, Scratch s) {
+__global__ void __launch_bounds__(kBlock, 4) resolve_kernel(RasterizeFwdParams p, Scratch s) {
   const int W = p.width, H = p.height;
   const int64_t hw = (int64_t)H * W;
   const int64_t pixels = hw * p.num_images;
@@ -439,6 +579,7 @@ __global__ void __launch_bounds__(kBlock) resolve_kernel(RasterizeFwdParams p, S
   float4* rast = reinterpret_cast<float4*>(p.rast);
   float4* db = reinterpret_cast<float4*>(p.rast_db);
   const double kx = 2.0 / W, ky = 2.0 / H;
+  const bool small_index = pixels <= 0x7fffffff;
   for (int64_t pix = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; pix < pixels; pix += stride) {
     const u64 key = s.depth[pix];
     if (key == kEmpty) {
@@ -447,9 +588,19 @@ __global__ void __launch_bounds__(kBlock) resolve_kernel(RasterizeFwdParams p, S
       continue;
     }
     const int64_t t = (int64_t)(~(unsigned)(key & 0xffffffffull));
-    const int n = int(pix / hw);
-    const int64_t rem = pix - (int64_t)n * hw;
-    const int r = int(rem / W), c = int(rem - (int64_t)r * W);
+    int n, r, c;
+    if (small_index) {  // 32-bit divisions are several times cheaper than 64-bit ones
+      const unsigned pu = (unsigned)pix, hwu = (unsigned)hw, wu = (unsigned)W;
+      const unsigned nu = pu / hwu, rem = pu - nu * hwu, ru = rem / wu;
+      n = int(nu);
+      r = int(ru);
+      c = int(rem - ru * wu);
+    } else {
+      n = int(pix / hw);
+      const int64_t rem = pix - (int64_t)n * hw;
+      r = int(rem / W);
+      c = int(rem - (int64_t)r * W);
+    }
     const int* tp = p.tri + t * 3;
     const float4* vb = reinterpret_cast<const float4*>(p.pos) + (p.instanced ? (int64_t)n * p.num_vertices : 0);
     TriSetup ts;
@@ -459,19 +610,23 @@ __global__ void __launch_bounds__(kBlock) resolve_kernel(RasterizeFwdParams p, S
 #pragma unroll
     for (int k = 0; k < 3; ++k) A[k] = DADD(DADD(ts.a[k], DMUL(ts.b[k], X)), DMUL(ts.c[k], Y));
     const double S = DADD(DADD(A[0], A[1]), A[2]);
-    const double u = DDIV(A[0], S), v = DDIV(A[1], S);
+    // One reciprocal instead of six divisions: u, v and their derivatives are reported in
+    // float32, far coarser than the ulp this costs.
+    const double inv = __drcp_rn(S);
+    const double u = DMUL(A[0], inv), v = DMUL(A[1], inv);
     const double sb = DADD(DADD(ts.b[0], ts.b[1]), ts.b[2]);
     const double sc = DADD(DADD(ts.c[0], ts.c[1]), ts.c[2]);
-    const double dudx = DMUL(DDIV(DSUB(ts.b[0], DMUL(u, sb)), S), kx);
-    const double dudy = DMUL(DDIV(DSUB(ts.c[0], DMUL(u, sc)), S), ky);
-    const double dvdx = DMUL(DDIV(DSUB(ts.b[1], DMUL(v, sb)), S), kx);
-    const double dvdy = DMUL(DDIV(DSUB(ts.c[1], DMUL(v, sc)), S), ky);
+    const double dudx = DMUL(DMUL(DSUB(ts.b[0], DMUL(u, sb)), inv), kx);
+    const double dudy = DMUL(DMUL(DSUB(ts.c[0], DMUL(u, sc)), inv), ky);
+    const double dvdx = DMUL(DMUL(DSUB(ts.b[1], DMUL(v, sb)), inv), kx);
+    const double dvdy = DMUL(DMUL(DSUB(ts.c[1], DMUL(v, sc)), inv), ky);
     const double d = fmin(fmax(plane_depth(ts, X, Y), -1.0), 1.0);
     const double uc = fmin(fmax(u, 0.0), 1.0), vc = fmin(fmax(v, 0.0), 1.0);
     const double scale = fmax(DADD(uc, vc), 1.0);
     const int64_t kid = t + 1;
     const float idf = kid <= (1 << 24) ? float(kid) : __uint_as_float(0x4A800000u + (unsigned)kid);
-    rast[pix] = make_float4(float(DDIV(uc, scale)), float(DDIV(vc, scale)), __fadd_rn(float(d), 0.0f), idf);
+    const bool over = scale > 1.0;  // x / 1 == x: skip the divisions in the common case
+    rast[pix] = make_float4(float(over ? DDIV(uc, scale) : uc), float(over ? DDIV(vc, scale) : vc), __fadd_rn(float(d), 0.0f), idf);
     db[pix] = make_float4(finite_or_zero(dudx), finite_or_zero(dudy), finite_or_zero(dvdx), finite_or_zero(dvdy));
   }
 }
@@ -665,7 +820,10 @@ cudaError_t rasterize_fwd(const RasterizeFwdParams& p, cudaStream_t stream) {
       err = cudaMemsetAsync(s.counters, 0, sizeof(Counters), stream);
       if (err != cudaSuccess) return err;
     }
-    setup_kernel<<<grid_for(w1 - w0, kBlock, int64_t(1) << 30), kBlock, 0, stream>>>(p, s, w0, w1);
+    if (p.total_work < kFewTriangles)
+      setup_kernel<true><<<grid_for((w1 - w0) * 32, kBlock, int64_t(1) << 30), kBlock, 0, stream>>>(p, s, w0, w1);
+    else
+      setup_kernel<false><<<grid_for(w1 - w0, kBlock, int64_t(1) << 30), kBlock, 0, stream>>>(p, s, w0, w1);
     err = cudaGetLastError();
     if (err != cudaSuccess) return err;
     big_kernel<<<p.num_sms * 8, kBlock, 0, stream>>>(p, s);

@@ -2,8 +2,9 @@
 // half, bit-inverted triangle index in the low half) updated with atomicMin: order-independent, so
 // the forward pass is deterministic and exact depth ties go to the higher triangle index. Coverage
 // is homogeneous (no clipping, no snapping) and evaluated in float64 exactly like the reference
-// backend. Small triangles are walked by one thread each, row span by row span; larger ones are
-// queued and their rows spread over the lanes of warps. A per-pixel resolve pass then recomputes
+// backend. Each triangle is walked by a whole warp (the lanes compute row spans, then share out the
+// spans' pixels); triangles with tall or large bounding boxes are queued and their 32-row bands
+// spread over many warps. A per-pixel resolve pass then recomputes
 // (u, v, z/w, id) and the barycentric derivatives of the winning triangle. No host
 // synchronization: every buffer is sized up front.
 #pragma once
@@ -35,7 +36,7 @@ struct RasterizeFwdParams {
 };
 
 // Number of large-triangle queue entries to reserve. Triangles that do not fit are rasterized by
-// their setup thread instead (slower, same result), so no retry or host synchronization is needed.
+// their setup warp instead (slower, same result), so no retry or host synchronization is needed.
 int64_t rasterize_queue_capacity(int64_t total_work, int num_images, int height, int width);
 size_t rasterize_scratch_bytes(int num_images, int height, int width, int64_t queue_capacity);
 

@@ -24,15 +24,38 @@ def _gl_context_class() -> Optional[type]:
 
 
 def is_gl_context(glctx: Any) -> bool:
+    if isinstance(glctx, RasterizeCudaContext):  # the common case needs no lookup of the GL class
+        return False
     cls = _gl_context_class()
     return cls is not None and isinstance(glctx, cls)
 
 
 def check_context_type(op: str, glctx: Any) -> None:
+    if isinstance(glctx, RasterizeCudaContext):
+        return
     gl = _gl_context_class()
-    ok = isinstance(glctx, RasterizeCudaContext) or (gl is not None and isinstance(glctx, gl))
     _checks.require(
-        ok, op, f"glctx must be a RasterizeCudaContext or RasterizeGLContext, got {type(glctx).__name__}"
+        gl is not None and isinstance(glctx, gl), op,
+        f"glctx must be a RasterizeCudaContext or RasterizeGLContext, got {type(glctx).__name__}",
+    )
+
+
+def _passes_checks_fast(glctx: Any, pos: Any, tri: Any, ranges: Any, grad_db: Any) -> bool:
+    """True only for arguments that certainly pass every check of ``check_rasterize_args`` except
+    the resolution: the usual instanced-mode call on the context's CUDA device. It costs a fraction
+    of the full checks, which still run (and word the errors) whenever this says False."""
+    if not (
+        ranges is None and type(grad_db) is bool and type(pos) is Tensor and type(tri) is Tensor
+        and type(glctx) is RasterizeCudaContext
+    ):
+        return False
+    dev = pos.device
+    return (
+        dev.type == "cuda" and tri.device == dev and glctx.device == dev
+        and pos.dtype == torch.float32 and tri.dtype == torch.int32
+        and pos.dim() == 3 and tri.dim() == 2
+        and pos.shape[0] > 0 and pos.shape[1] > 0 and pos.shape[2] == 4 and tri.shape[0] > 0 and tri.shape[1] == 3
+        and pos.is_contiguous() and tri.is_contiguous()
     )
 
 
@@ -40,6 +63,8 @@ def check_rasterize_args(
     glctx: Any, pos: Any, tri: Any, resolution: Any, ranges: Any, grad_db: Any, op: str = _OP
 ) -> tuple[int, int]:
     """Python-level asserts followed by the native-style checks; returns (height, width)."""
+    if _passes_checks_fast(glctx, pos, tri, ranges, grad_db):
+        return _checks.normalize_resolution(op, resolution)
     check_context_type(op, glctx)
     _checks.require_bool(op, "grad_db", grad_db)
     _checks.require_tensor(op, "pos", pos)
@@ -75,6 +100,24 @@ def check_rasterize_args(
     return _checks.normalize_resolution(op, resolution)
 
 
+def _forward(
+    pos: Tensor,
+    tri: Tensor,
+    resolution: tuple[int, int],
+    ranges: Optional[Tensor],
+    grad_db: bool,
+    prev_rast: Optional[Tensor],
+    glctx: Any,
+) -> tuple[Tensor, Tensor, bool]:
+    """(rast, rast_db, whether gradients at rast_db are used) from the context's rasterizer."""
+    if is_gl_context(glctx):
+        rast, rast_db = glctx._rasterize_fwd(pos, tri, resolution, ranges, prev_rast)
+        grad_db = grad_db and bool(getattr(glctx, "output_db", True)) and rast_db.shape[-1] == 4
+    else:
+        rast, rast_db = backend_for(pos).rasterize_fwd(pos, tri, resolution, ranges, prev_rast)
+    return rast, rast_db, grad_db
+
+
 class _RasterizeFunction(torch.autograd.Function):
     @staticmethod
     def forward(  # type: ignore[override]
@@ -87,11 +130,7 @@ class _RasterizeFunction(torch.autograd.Function):
         prev_rast: Optional[Tensor],
         glctx: Any,
     ) -> tuple[Tensor, Tensor]:
-        if is_gl_context(glctx):
-            rast, rast_db = glctx._rasterize_fwd(pos, tri, resolution, ranges, prev_rast)
-            grad_db = grad_db and bool(getattr(glctx, "output_db", True)) and rast_db.shape[-1] == 4
-        else:
-            rast, rast_db = backend_for(pos).rasterize_fwd(pos, tri, resolution, ranges, prev_rast)
+        rast, rast_db, grad_db = _forward(pos, tri, resolution, ranges, grad_db, prev_rast, glctx)
         ctx.save_for_backward(pos, tri, rast)
         ctx.grad_db = grad_db
         return rast, rast_db
@@ -118,6 +157,10 @@ def rasterize_impl(
     """Rasterize already-validated arguments (``ranges`` None in instanced mode)."""
     if pos.dim() == 3:
         ranges = None
+    if not (pos.requires_grad and torch.is_grad_enabled()):
+        # Nothing to differentiate: skip the autograd node (same outputs, less per-call overhead).
+        rast, rast_db, _ = _forward(pos, tri, resolution, ranges, grad_db, prev_rast, glctx)
+        return rast, rast_db
     return _RasterizeFunction.apply(pos, tri, resolution, ranges, grad_db, prev_rast, glctx)
 
 

@@ -163,6 +163,18 @@ def test_matches_reference_range_mode_and_peeling():
         layer, _ = _compare_with_reference(pos, tri, (40, 56), prev=layer)
 
 
+@pytest.mark.skipif(rr is None, reason="reference rasterizer not available")
+@pytest.mark.parametrize("batch,mesh,res", [
+    (2, {}, (256, 320)),
+    (20, {"n_lat": 40, "n_lon": 90, "extra_big": False}, (256, 256)),
+])
+def test_matches_reference_at_low_depth_complexity(batch, mesh, res):
+    """Far fewer triangles than pixels (atomics without the read-first filter), once with a warp per
+    triangle (few instances, queued large triangles) and once with a triangle per lane (> 65536)."""
+    pos, tri = _scene(batch, **mesh)
+    _compare_with_reference(pos, tri, res)
+
+
 def test_deterministic_forward():
     pos, tri = _scene(4, n_lat=60, n_lon=100)
     a = cr.rasterize_fwd(pos, tri, (256, 256), None, None)

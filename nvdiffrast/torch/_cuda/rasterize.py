@@ -7,7 +7,7 @@ contributions and a deterministic indexed accumulation sums them.
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 from torch import Tensor
@@ -18,6 +18,17 @@ from ... import _loader
 def _ops():  # noqa: ANN202 - torch.ops namespace object
     _loader.load_cuda()
     return torch.ops.nvdiffrast
+
+
+_fwd_op: Optional[Callable[..., tuple[Tensor, Tensor]]] = None
+
+
+def _fwd() -> Callable[..., tuple[Tensor, Tensor]]:
+    """The forward op's overload, looked up once: this path is latency bound for small jobs."""
+    global _fwd_op
+    if _fwd_op is None:
+        _fwd_op = _ops().rasterize_fwd.default
+    return _fwd_op
 
 
 def rasterize_fwd(
@@ -35,7 +46,7 @@ def rasterize_fwd(
     height, width = int(resolution[0]), int(resolution[1])
     if height <= 0 or width <= 0:
         raise RuntimeError(f"rasterize_fwd(): resolution must be [>0, >0], got [{height}, {width}]")
-    rast, rast_db = _ops().rasterize_fwd(pos, tri, height, width, ranges if pos.dim() == 2 else None, prev_rast)
+    rast, rast_db = _fwd()(pos, tri, height, width, ranges if pos.dim() == 2 else None, prev_rast)
     return rast, rast_db
 
 
