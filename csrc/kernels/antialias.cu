@@ -30,8 +30,7 @@ __device__ __forceinline__ uint64_t mix64(uint64_t x) {
 
 __global__ void hash_clear_kernel(AntialiasHash h) {
   for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < h.capacity; i += (int64_t)gridDim.x * blockDim.x) {
-    h.keys[i] = NVDR_SKIP_KEY;
-    h.vals[i] = make_int2(-1, -1);
+    reinterpret_cast<ulonglong2*>(h.slots)[i] = make_ulonglong2(NVDR_SKIP_KEY, ~0ull);  // key, (-1, -1)
   }
 }
 
@@ -44,15 +43,41 @@ __global__ void hash_build_kernel(const int* tri, int64_t T, AntialiasHash h) {
       const uint64_t key = edge_key(v[e], v[(e + 1) % 3]);
       uint64_t slot = mix64(key) & mask;
       for (int64_t probe = 0; probe < h.capacity; ++probe) {
-        unsigned long long old = atomicCAS(reinterpret_cast<unsigned long long*>(h.keys + slot),
+        unsigned long long old = atomicCAS(reinterpret_cast<unsigned long long*>(h.slots + 2 * slot),
                                            (unsigned long long)NVDR_SKIP_KEY, (unsigned long long)key);
         if (old == (unsigned long long)NVDR_SKIP_KEY) {
-          h.vals[slot] = make_int2((int)t, v[(e + 2) % 3]);
+          reinterpret_cast<int2*>(h.slots + 2 * slot + 1)[0] = make_int2((int)t, v[(e + 2) % 3]);
           break;
         }
         slot = (slot + 1) & mask;
       }
     }
+  }
+}
+
+// One thread per triangle edge: the probe that a pixel would do, done once per topology.
+__global__ void hash_neighbors_kernel(const int* tri, int64_t T, AntialiasHash h, int* nbr) {
+  const uint64_t mask = (uint64_t)h.capacity - 1;
+  for (int64_t te = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; te < 3 * T; te += (int64_t)gridDim.x * blockDim.x) {
+    const int64_t t = te / 3;
+    const int e = (int)(te - t * 3);
+    const uint64_t key = edge_key(tri[3 * t + e], tri[3 * t + (e + 1) % 3]);
+    uint64_t slot = mix64(key) & mask;
+    int best_t = -1, best_v = -1;
+    for (int64_t probe = 0; probe < h.capacity; ++probe) {
+      const ulonglong2 kv = reinterpret_cast<const ulonglong2*>(h.slots)[slot];
+      const uint64_t k = kv.x;
+      if (k == NVDR_SKIP_KEY) break;
+      if (k == key) {
+        const int2 val = make_int2((int)(uint32_t)kv.y, (int)(uint32_t)(kv.y >> 32));
+        if ((int64_t)val.x != t && (best_t < 0 || val.x < best_t)) {
+          best_t = val.x;
+          best_v = val.y;
+        }
+      }
+      slot = (slot + 1) & mask;
+    }
+    nbr[te] = best_t < 0 ? -1 : best_v;
   }
 }
 
@@ -95,24 +120,10 @@ __device__ __forceinline__ int side_of(const float4& a, const float4& b, const f
 // edge is the other triangle with the lowest index sharing the vertex pair; the edge is a silhouette
 // when there is none, when its opposite vertex is out of range, or when that vertex lies on the same
 // side as vk (a fold).
-__device__ bool is_silhouette(const AntialiasParams& p, int64_t n, int64_t t, int vi, int vj, int vk) {
-  const uint64_t key = edge_key(vi, vj);
-  const uint64_t mask = (uint64_t)p.hash.capacity - 1;
-  uint64_t slot = mix64(key) & mask;
-  int best_t = -1, best_v = -1;
-  for (int64_t probe = 0; probe < p.hash.capacity; ++probe) {
-    const uint64_t k = p.hash.keys[slot];
-    if (k == NVDR_SKIP_KEY) break;
-    if (k == key) {
-      const int2 val = p.hash.vals[slot];
-      if ((int64_t)val.x != t && (best_t < 0 || val.x < best_t)) {
-        best_t = val.x;
-        best_v = val.y;
-      }
-    }
-    slot = (slot + 1) & mask;
-  }
-  if (best_t < 0 || best_v < 0 || (int64_t)best_v >= p.V) return true;
+// The neighbour comes from the table built with the hash (edge e of t runs from vi to vj).
+__device__ bool is_silhouette(const AntialiasParams& p, int64_t n, int64_t t, int e, int vi, int vj, int vk) {
+  const int best_v = __ldg(p.nbr + 3 * t + e);
+  if (best_v < 0 || (int64_t)best_v >= p.V) return true;
   const float4 a = load_vertex(p, n, vi), b = load_vertex(p, n, vj);
   return side_of(a, b, load_vertex(p, n, vk)) * side_of(a, b, load_vertex(p, n, best_v)) > 0;
 }
@@ -127,12 +138,35 @@ struct Item {
   int owner;       // 0 or 1
 };
 
+// Image, column and row of pixel `pix`; 32-bit divisions whenever the pixel count allows (they are
+// several times cheaper than 64-bit ones, and the memory-bound passes do little else).
+__device__ __forceinline__ void pixel_coords(const AntialiasParams& p, int64_t pix, int64_t& n, int& x, int& y) {
+  const int64_t HW = p.H * p.W;
+  if (p.N * HW <= 0xffffffffll) {
+    const uint32_t u = (uint32_t)pix, hw = (uint32_t)HW, w = (uint32_t)p.W;
+    const uint32_t nn = u / hw, rem = u - nn * hw, yy = rem / w;
+    n = nn;
+    y = (int)yy;
+    x = (int)(rem - yy * w);
+  } else {
+    n = pix / HW;
+    const int64_t rem = pix - n * HW;
+    y = (int)(rem / p.W);
+    x = (int)(rem - (int64_t)y * p.W);
+  }
+}
+
 __device__ __forceinline__ int64_t decode_valid(const AntialiasParams& p, float v) {
   int64_t t = nvdr_decode_tri(v);
   return (t >= 0 && t < p.T) ? t : -1;
 }
 
 // Evaluates the item between pixel (x0, y0) and its neighbour (x1, y1) of image n.
+template <class T>
+__device__ __forceinline__ T sel3(const T (&v)[3], int i) {
+  return i == 0 ? v[0] : (i == 1 ? v[1] : v[2]);
+}
+
 __device__ Item eval_item(const AntialiasParams& p, int64_t n, int x0, int y0, int x1, int y1, bool vertical) {
   Item it;
   it.ok = false;
@@ -148,6 +182,7 @@ __device__ Item eval_item(const AntialiasParams& p, int64_t n, int x0, int y0, i
   const int64_t t = owner ? t1 : t0;
   int vi[3];
   Proj pr[3];
+#pragma unroll
   for (int k = 0; k < 3; ++k) {
     vi[k] = p.tri[3 * t + k];
     if (vi[k] < 0 || (int64_t)vi[k] >= p.V) return it;
@@ -158,6 +193,7 @@ __device__ Item eval_item(const AntialiasParams& p, int64_t n, int x0, int y0, i
   const double ox = (owner ? x1 : x0) + 0.5, oy = (owner ? y1 : y0) + 0.5;
   const double dirs = owner ? -1.0 : 1.0;
   double a[3], b[3];
+#pragma unroll
   for (int k = 0; k < 3; ++k) {
     const double dx = pr[k].x - ox, dy = pr[k].y - oy;
     a[k] = dirs * (vertical ? dy : dx);
@@ -165,6 +201,7 @@ __device__ Item eval_item(const AntialiasParams& p, int64_t n, int x0, int y0, i
   }
   int best = -1;
   double best_d = 0.0;
+#pragma unroll
   for (int e = 0; e < 3; ++e) {
     const int i = e, j = (e + 1) % 3;
     if ((b[i] >= 0.0) == (b[j] >= 0.0)) continue;
@@ -176,9 +213,12 @@ __device__ Item eval_item(const AntialiasParams& p, int64_t n, int x0, int y0, i
   }
   if (best < 0) return it;
   const int i = best, j = (best + 1) % 3, k = (best + 2) % 3;
-  if (!(fabs(b[j] - b[i]) >= fabs(a[j] - a[i]))) return it;
+  // Scalars of the chosen edge (selects keep the arrays in registers).
+  const double ai = sel3(a, i), aj = sel3(a, j), bi = sel3(b, i), bj = sel3(b, j);
+  const int vii = sel3(vi, i), vij = sel3(vi, j), vik = sel3(vi, k);
+  if (!(fabs(bj - bi) >= fabs(aj - ai))) return it;
   if (!(best_d >= -1.0 / 16.0 && best_d <= 1.0 + 1.0 / 16.0)) return it;
-  if (!is_silhouette(p, n, t, vi[i], vi[j], vi[k])) return it;
+  if (!is_silhouette(p, n, t, i, vii, vij, vik)) return it;
   const double dc = fmin(fmax(best_d, 0.0), 1.0);
   double alpha = 0.5 - dc;
   if (owner) alpha = -alpha;
@@ -186,16 +226,16 @@ __device__ Item eval_item(const AntialiasParams& p, int64_t n, int x0, int y0, i
   it.alpha = (float)alpha;
   it.target = it.alpha > 0.f ? 0 : 1;
   it.owner = owner;
-  it.v[0] = vi[i];
-  it.v[1] = vi[j];
+  it.v[0] = vii;
+  it.v[1] = vij;
   it.has_grad = best_d > 0.0 && best_d < 1.0;
   if (it.has_grad) {
-    double D = b[i] - b[j];
+    double D = bi - bj;
     if (fabs(D) < 1e-3) D = D < 0.0 ? -1e-3 : 1e-3;
-    const double tt = b[i] / D;
+    const double tt = bi / D;
     const double da_i = 1.0 - tt, da_j = tt;
     const double iD2 = 1.0 / (D * D);
-    const double db_i = -(a[j] - a[i]) * b[j] * iD2, db_j = (a[j] - a[i]) * b[i] * iD2;
+    const double db_i = -(aj - ai) * bj * iD2, db_j = (aj - ai) * bi * iD2;
     // a = dirs·(along coordinate), b = across coordinate.
     if (vertical) {
       it.dpx[0] = db_i; it.dpy[0] = dirs * da_i;
@@ -216,9 +256,9 @@ __global__ void antialias_eval_kernel(AntialiasParams p, float2* work) {
   const int64_t total = p.N * p.H * p.W;
   for (int64_t pix = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; pix < total;
        pix += (int64_t)gridDim.x * blockDim.x) {
-    const int64_t n = pix / (p.H * p.W);
-    const int64_t rem = pix - n * p.H * p.W;
-    const int y = (int)(rem / p.W), x = (int)(rem - (int64_t)y * p.W);
+    int64_t n;
+    int x, y;
+    pixel_coords(p, pix, n, x, y);
     float ar = kNoItem, au = kNoItem;
     if (x + 1 < p.W) {
       const Item it = eval_item(p, n, x, y, x + 1, y, false);
@@ -239,8 +279,9 @@ __global__ void antialias_gather_kernel(AntialiasParams p, const float2* work) {
   const int64_t C = p.C;
   for (int64_t pix = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; pix < total;
        pix += (int64_t)gridDim.x * blockDim.x) {
-    const int64_t rem = pix % (p.H * p.W);
-    const int y = (int)(rem / p.W), x = (int)(rem - (int64_t)y * p.W);
+    int64_t n;
+    int x, y;
+    pixel_coords(p, pix, n, x, y);
     const float* c0 = p.color + pix * C;
     float* o = p.out + pix * C;
     for (int64_t c = 0; c < C; ++c) o[c] = c0[c];
@@ -270,86 +311,209 @@ __global__ void antialias_gather_kernel(AntialiasParams p, const float2* work) {
   }
 }
 
+// dy of pixel `pix` (channel c at [c * dy_cs(p)]), read in place whatever its strides.
+__device__ __forceinline__ const float* dy_at(const AntialiasParams& p, int64_t pix) {
+  return p.dy_contig ? p.dy + pix * p.C : p.dy + nvdr_pixel_offset(pix, p.H, p.W, p.dy_s[0], p.dy_s[1], p.dy_s[2]);
+}
+__device__ __forceinline__ int64_t dy_cs(const AntialiasParams& p) { return p.dy_contig ? 1 : p.dy_s[3]; }
+
+// Position gradient of the item that pixel (x, y) = pix of image n starts towards its right (q = 0) or
+// upper (q = 1) neighbour: re-evaluated for its geometry, then atomics or (DET) entries in slots
+// pix * 4 + q * 2 + e.
+template <bool DET>
+__device__ __forceinline__ void item_pos_grad(const AntialiasParams& p, int64_t n, int x, int y, int64_t pix, int q,
+                                              uint64_t* det_keys, float* det_vals) {
+  const bool vertical = q == 1;
+  const int xb = vertical ? x : x + 1, yb = vertical ? y + 1 : y;
+  const Item it = eval_item(p, n, x, y, xb, yb, vertical);
+  if (!it.ok || !it.has_grad) return;
+  const int64_t C = p.C;
+  const int64_t cs = dy_cs(p);
+  const int64_t pa = pix, pb = vertical ? pix + p.W : pix + 1;
+  const float* gt = dy_at(p, it.target ? pb : pa);
+  const float* ca = p.color + pa * C;
+  const float* cb = p.color + pb * C;
+  float Dsum = 0.f;
+  for (int64_t c = 0; c < C; ++c) Dsum += gt[c * cs] * (cb[c] - ca[c]);
+  const double dadd = it.owner ? 1.0 : -1.0;  // dα/dδ
+  const double scale = (double)Dsum * dadd * (double)p.pos_gradient_boost;
+  for (int e = 0; e < 2; ++e) {
+    const float4 v4 = load_vertex(p, n, it.v[e]);
+    const double iw = 1.0 / (double)v4.w;
+    const double hx = 0.5 * (double)p.W, hy = 0.5 * (double)p.H;
+    const double gxd = scale * it.dpx[e] * hx * iw;
+    const double gyd = scale * it.dpy[e] * hy * iw;
+    const double gwd = -(gxd * (double)v4.x + gyd * (double)v4.y) * iw;
+    const float gx = (float)gxd, gy = (float)gyd, gw = (float)gwd;
+    if (!isfinite(gx) || !isfinite(gy) || !isfinite(gw)) continue;
+    const int64_t row = (p.pos_batched ? n * p.V : 0) + it.v[e];
+    if (DET) {
+      const int s = q * 2 + e;
+      det_keys[pix * 4 + s] = (uint64_t)row;
+      det_vals[(pix * 4 + s) * 3 + 0] = gx;
+      det_vals[(pix * 4 + s) * 3 + 1] = gy;
+      det_vals[(pix * 4 + s) * 3 + 2] = gw;
+    } else {
+      float* gp = p.grad_pos + row * 4;
+      atomicAdd(gp + 0, gx);
+      atomicAdd(gp + 1, gy);
+      atomicAdd(gp + 3, gw);
+    }
+  }
+}
+
 // Backward: colour gradient gathered from the stored weights (same order as the forward); position
 // gradients only for accepted items whose weight is not saturated, re-evaluated for their geometry
 // and emitted once per item by its P0.
-template <bool DET>
+template <bool DET, bool POS>
 __global__ void antialias_bwd_kernel(AntialiasParams p, const float2* work, uint64_t* det_keys, float* det_vals) {
   const int64_t total = p.N * p.H * p.W;
   const int64_t C = p.C;
+  const int64_t cs = dy_cs(p);
   for (int64_t pix = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; pix < total;
        pix += (int64_t)gridDim.x * blockDim.x) {
-    const int64_t n = pix / (p.H * p.W);
-    const int64_t rem = pix - n * p.H * p.W;
-    const int y = (int)(rem / p.W), x = (int)(rem - (int64_t)y * p.W);
+    int64_t n;
+    int x, y;
+    pixel_coords(p, pix, n, x, y);
     float* gc = p.grad_color + pix * C;
-    const float* g0 = p.dy + pix * C;
-    for (int64_t c = 0; c < C; ++c) gc[c] = g0[c];
+    const float* g0 = dy_at(p, pix);
+    for (int64_t c = 0; c < C; ++c) gc[c] = g0[c * cs];
     if (DET)
       for (int s = 0; s < 4; ++s) det_keys[pix * 4 + s] = NVDR_SKIP_KEY;
     const float2 w = work[pix];
     // out[target] += α (c[P1] − c[P0]): P1 gains α·dy[target], P0 loses it.
     if (w.x != kNoItem) {
-      const float* gt = p.dy + (w.x > 0.f ? pix : pix + 1) * C;
-      for (int64_t c = 0; c < C; ++c) gc[c] -= w.x * gt[c];
+      const float* gt = dy_at(p, w.x > 0.f ? pix : pix + 1);
+      for (int64_t c = 0; c < C; ++c) gc[c] -= w.x * gt[c * cs];
     }
     if (w.y != kNoItem) {
-      const float* gt = p.dy + (w.y > 0.f ? pix : pix + p.W) * C;
-      for (int64_t c = 0; c < C; ++c) gc[c] -= w.y * gt[c];
+      const float* gt = dy_at(p, w.y > 0.f ? pix : pix + p.W);
+      for (int64_t c = 0; c < C; ++c) gc[c] -= w.y * gt[c * cs];
     }
     if (x > 0) {
       const float a = work[pix - 1].x;
       if (a != kNoItem) {
-        const float* gt = p.dy + (a > 0.f ? pix - 1 : pix) * C;
-        for (int64_t c = 0; c < C; ++c) gc[c] += a * gt[c];
+        const float* gt = dy_at(p, a > 0.f ? pix - 1 : pix);
+        for (int64_t c = 0; c < C; ++c) gc[c] += a * gt[c * cs];
       }
     }
     if (y > 0) {
       const float a = work[pix - p.W].y;
       if (a != kNoItem) {
-        const float* gt = p.dy + (a > 0.f ? pix - p.W : pix) * C;
-        for (int64_t c = 0; c < C; ++c) gc[c] += a * gt[c];
+        const float* gt = dy_at(p, a > 0.f ? pix - p.W : pix);
+        for (int64_t c = 0; c < C; ++c) gc[c] += a * gt[c * cs];
       }
     }
-    for (int q = 0; q < 2; ++q) {
-      const float alpha = q == 0 ? w.x : w.y;
-      if (alpha == kNoItem || !(fabsf(alpha) <= 0.5f)) continue;
-      const bool vertical = q == 1;
-      const int xb = vertical ? x : x + 1, yb = vertical ? y + 1 : y;
-      const Item it = eval_item(p, n, x, y, xb, yb, vertical);
-      if (!it.ok || !it.has_grad) continue;
-      const int64_t pa = pix, pb = vertical ? pix + p.W : pix + 1;
-      const float* gt = p.dy + (it.target ? pb : pa) * C;
-      const float* ca = p.color + pa * C;
-      const float* cb = p.color + pb * C;
-      float Dsum = 0.f;
-      for (int64_t c = 0; c < C; ++c) Dsum += gt[c] * (cb[c] - ca[c]);
-      const double dadd = it.owner ? 1.0 : -1.0;  // dα/dδ
-      const double scale = (double)Dsum * dadd * (double)p.pos_gradient_boost;
-      for (int e = 0; e < 2; ++e) {
-        const float4 v4 = load_vertex(p, n, it.v[e]);
-        const double iw = 1.0 / (double)v4.w;
-        const double hx = 0.5 * (double)p.W, hy = 0.5 * (double)p.H;
-        const double gxd = scale * it.dpx[e] * hx * iw;
-        const double gyd = scale * it.dpy[e] * hy * iw;
-        const double gwd = -(gxd * (double)v4.x + gyd * (double)v4.y) * iw;
-        const float gx = (float)gxd, gy = (float)gyd, gw = (float)gwd;
-        if (!isfinite(gx) || !isfinite(gy) || !isfinite(gw)) continue;
-        const int64_t row = (p.pos_batched ? n * p.V : 0) + it.v[e];
-        if (DET) {
-          const int s = q * 2 + e;
-          det_keys[pix * 4 + s] = (uint64_t)row;
-          det_vals[(pix * 4 + s) * 3 + 0] = gx;
-          det_vals[(pix * 4 + s) * 3 + 1] = gy;
-          det_vals[(pix * 4 + s) * 3 + 2] = gw;
-        } else {
-          float* gp = p.grad_pos + row * 4;
-          atomicAdd(gp + 0, gx);
-          atomicAdd(gp + 1, gy);
-          atomicAdd(gp + 3, gw);
+    if constexpr (POS) {
+      for (int q = 0; q < 2; ++q) {
+        const float alpha = q == 0 ? w.x : w.y;
+        if (alpha == kNoItem || !(fabsf(alpha) <= 0.5f)) continue;
+        item_pos_grad<DET>(p, n, x, y, pix, q, det_keys, det_vals);
+      }
+    }
+  }
+}
+
+// Forward, compacted: pixel pairs whose triangle ids differ become work items (code 2 pix + direction),
+// collected per block in shared memory and then evaluated by the whole block (dense warps, no idle lanes
+// waiting on the double-precision geometry of a few). A block handles kClassifyPix pixels per step; every
+// pixel's work entry starts as "no item". Items with a position gradient are appended to grad_items
+// (count first) with one atomic per warp.
+constexpr int kClassifyPer = 8;  // pixels per thread and step
+constexpr int kClassifyPix = kClassifyPer * kBlock;
+
+__global__ void __launch_bounds__(kBlock) antialias_items_kernel(AntialiasParams p, float2* work,
+                                                               uint32_t* grad_items) {
+  __shared__ uint32_t list[2 * kClassifyPix];
+  __shared__ unsigned warp_sum[kBlock / 32];
+  __shared__ unsigned list_len;
+  const int64_t total = p.N * p.H * p.W;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const unsigned full = 0xffffffffu;
+  const float4* rast = reinterpret_cast<const float4*>(p.rast);
+  for (int64_t step = (int64_t)blockIdx.x * kClassifyPix; step < total; step += (int64_t)gridDim.x * kClassifyPix) {
+    unsigned mine = 0;  // bit 2k + q: pixel k of this thread has an item in direction q
+#pragma unroll
+    for (int k = 0; k < kClassifyPer; ++k) {
+      const int64_t pix = step + (int64_t)k * kBlock + threadIdx.x;
+      if (pix >= total) continue;
+      int64_t n;
+      int x, y;
+      pixel_coords(p, pix, n, x, y);
+      const int64_t t0 = decode_valid(p, rast[pix].w);
+      if (x + 1 < p.W && decode_valid(p, rast[pix + 1].w) != t0) mine |= 1u << (2 * k);
+      if (y + 1 < p.H && decode_valid(p, rast[pix + p.W].w) != t0) mine |= 2u << (2 * k);
+      work[pix] = make_float2(kNoItem, kNoItem);
+    }
+    // Block-wide exclusive scan of the per-thread item counts gives each thread its list positions.
+    const unsigned cnt = (unsigned)__popc(mine);
+    unsigned incl = cnt;
+#pragma unroll
+    for (int d = 1; d < 32; d <<= 1) {
+      const unsigned o = __shfl_up_sync(full, incl, d);
+      if (lane >= d) incl += o;
+    }
+    if (lane == 31) warp_sum[warp] = incl;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+      unsigned run = 0;
+      for (int w = 0; w < kBlock / 32; ++w) {
+        const unsigned v = warp_sum[w];
+        warp_sum[w] = run;
+        run += v;
+      }
+      list_len = run;
+    }
+    __syncthreads();
+    unsigned at = warp_sum[warp] + incl - cnt;
+    while (mine) {
+      const int bit = __ffs(mine) - 1;
+      mine &= mine - 1;
+      list[at++] = (uint32_t)(((bit >> 1) * kBlock + threadIdx.x) * 2 + (bit & 1));  // block-local code
+    }
+    __syncthreads();
+    const unsigned len = list_len;
+    for (unsigned i0 = threadIdx.x - lane; i0 < len; i0 += kBlock) {  // warp-uniform
+      const unsigned i = i0 + lane;
+      bool grad = false;
+      uint32_t code = 0;
+      if (i < len) {
+        const uint32_t local = list[i];
+        const int64_t pix = step + (local >> 1);
+        const int q = (int)(local & 1u);
+        code = (uint32_t)(pix * 2 + q);
+        int64_t n;
+        int x, y;
+        pixel_coords(p, pix, n, x, y);
+        const bool vertical = q == 1;
+        const Item it = eval_item(p, n, x, y, vertical ? x : x + 1, vertical ? y + 1 : y, vertical);
+        if (it.ok) {
+          reinterpret_cast<float*>(work + pix)[q] = it.alpha;
+          grad = it.has_grad;
         }
       }
+      const unsigned m = __ballot_sync(full, grad);
+      if (!m) continue;
+      const int leader = __ffs(m) - 1;
+      unsigned g_at = 0;
+      if (lane == leader) g_at = atomicAdd(grad_items, (unsigned)__popc(m));
+      g_at = __shfl_sync(full, g_at, leader);
+      if (grad) grad_items[1 + g_at + __popc(m & ((1u << lane) - 1u))] = code;
     }
+    __syncthreads();  // list, warp_sum and list_len are reused by the next step
+  }
+}
+
+// Backward, compacted: position gradients of the items the forward listed.
+__global__ void antialias_pos_list_kernel(AntialiasParams p, const uint32_t* grad_items) {
+  const unsigned cnt = grad_items[0];
+  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < cnt; i += (int64_t)gridDim.x * blockDim.x) {
+    const uint32_t code = grad_items[1 + i];
+    const int64_t pix = code >> 1;
+    int64_t n;
+    int x, y;
+    pixel_coords(p, pix, n, x, y);
+    item_pos_grad<false>(p, n, x, y, pix, (int)(code & 1u), nullptr, nullptr);
   }
 }
 
@@ -381,44 +545,70 @@ int64_t antialias_hash_capacity(int64_t T) {
   return cap;
 }
 
-cudaError_t antialias_build_hash_cuda(const int* tri, int64_t T, AntialiasHash h, cudaStream_t stream) {
+cudaError_t antialias_build_hash_cuda(const int* tri, int64_t T, AntialiasHash h, int* nbr, cudaStream_t stream) {
   if (h.capacity <= 0 || (h.capacity & (h.capacity - 1)) != 0) return cudaErrorInvalidValue;
   hash_clear_kernel<<<nvdr_grid_1d(h.capacity, kBlock), kBlock, 0, stream>>>(h);
   NVDR_RETURN_IF_LAUNCH_ERROR();
   if (T > 0) {
     hash_build_kernel<<<nvdr_grid_1d(T, kBlock), kBlock, 0, stream>>>(tri, T, h);
     NVDR_RETURN_IF_LAUNCH_ERROR();
+    if (nbr) {
+      hash_neighbors_kernel<<<nvdr_grid_1d(3 * T, kBlock), kBlock, 0, stream>>>(tri, T, h, nbr);
+      NVDR_RETURN_IF_LAUNCH_ERROR();
+    }
   }
   return cudaSuccess;
 }
 
-cudaError_t antialias_fwd_cuda(const AntialiasParams& p, float* work, cudaStream_t stream) {
+// Grid of the list kernels, whose item count lives on the device (no host synchronization).
+static int list_grid(int64_t max_items) { return nvdr_grid_1d(max_items, kBlock, 1024); }
+
+cudaError_t antialias_fwd_cuda(const AntialiasParams& p, float* work, uint32_t* grad_items, const NvdrAllocator& alloc,
+                               cudaStream_t stream) {
   const int64_t total = p.N * p.H * p.W;
+  if (!p.nbr) return cudaErrorInvalidValue;
+  if (grad_items) NVDR_RETURN_IF_ERROR(cudaMemsetAsync(grad_items, 0, sizeof(uint32_t), stream));
   if (total <= 0) return cudaSuccess;
   float2* w = reinterpret_cast<float2*>(work);
-  antialias_eval_kernel<<<nvdr_grid_1d(total, kBlock), kBlock, 0, stream>>>(p, w);
-  NVDR_RETURN_IF_LAUNCH_ERROR();
+  if (grad_items) {
+    if (2 * total + 1 >= (int64_t(1) << 32)) return cudaErrorInvalidValue;
+    antialias_items_kernel<<<nvdr_grid_1d(total, kClassifyPix), kBlock, 0, stream>>>(p, w, grad_items);
+    NVDR_RETURN_IF_LAUNCH_ERROR();
+  } else {
+    antialias_eval_kernel<<<nvdr_grid_1d(total, kBlock), kBlock, 0, stream>>>(p, w);
+    NVDR_RETURN_IF_LAUNCH_ERROR();
+  }
   antialias_gather_kernel<<<nvdr_grid_1d(total, kBlock), kBlock, 0, stream>>>(p, w);
   NVDR_RETURN_IF_LAUNCH_ERROR();
   return cudaSuccess;
 }
 
-cudaError_t antialias_bwd_cuda(const AntialiasParams& p, const float* work, int deterministic,
-                               const NvdrAllocator& alloc, cudaStream_t stream) {
+cudaError_t antialias_bwd_cuda(const AntialiasParams& p, const float* work, const uint32_t* grad_items,
+                               int deterministic, const NvdrAllocator& alloc, cudaStream_t stream) {
+  if (!p.nbr) return cudaErrorInvalidValue;
   const int64_t rows = (p.pos_batched ? p.N : 1) * p.V;
   NVDR_RETURN_IF_ERROR(cudaMemsetAsync(p.grad_pos, 0, (size_t)(rows * 4) * sizeof(float), stream));
   const int64_t total = p.N * p.H * p.W;
   if (total <= 0) return cudaSuccess;
   const float2* w = reinterpret_cast<const float2*>(work);
   if (!w) {  // no saved forward work: evaluate the items again
+    grad_items = nullptr;
     float2* fresh = alloc.get<float2>(total);
     if (!fresh) return cudaErrorMemoryAllocation;
     antialias_eval_kernel<<<nvdr_grid_1d(total, kBlock), kBlock, 0, stream>>>(p, fresh);
     NVDR_RETURN_IF_LAUNCH_ERROR();
     w = fresh;
   }
+  if (!deterministic && grad_items) {
+    // Lean colour pass over every pixel, then the (few) listed items for the position gradient.
+    antialias_bwd_kernel<false, false><<<nvdr_grid_1d(total, kBlock), kBlock, 0, stream>>>(p, w, nullptr, nullptr);
+    NVDR_RETURN_IF_LAUNCH_ERROR();
+    antialias_pos_list_kernel<<<list_grid(2 * total), kBlock, 0, stream>>>(p, grad_items);
+    NVDR_RETURN_IF_LAUNCH_ERROR();
+    return cudaSuccess;
+  }
   if (!deterministic) {
-    antialias_bwd_kernel<false><<<nvdr_grid_1d(total, kBlock), kBlock, 0, stream>>>(p, w, nullptr, nullptr);
+    antialias_bwd_kernel<false, true><<<nvdr_grid_1d(total, kBlock), kBlock, 0, stream>>>(p, w, nullptr, nullptr);
     NVDR_RETURN_IF_LAUNCH_ERROR();
     return cudaSuccess;
   }
@@ -426,7 +616,7 @@ cudaError_t antialias_bwd_cuda(const AntialiasParams& p, const float* work, int 
   uint64_t* keys = alloc.get<uint64_t>(n);
   float* vals = alloc.get<float>(n * 3);
   if (!keys || !vals) return cudaErrorMemoryAllocation;
-  antialias_bwd_kernel<true><<<nvdr_grid_1d(total, kBlock), kBlock, 0, stream>>>(p, w, keys, vals);
+  antialias_bwd_kernel<true, true><<<nvdr_grid_1d(total, kBlock), kBlock, 0, stream>>>(p, w, keys, vals);
   NVDR_RETURN_IF_LAUNCH_ERROR();
   NvdrSortedSegments s;
   NVDR_RETURN_IF_ERROR(nvdr_sort_segments(keys, n, (uint64_t)(rows > 0 ? rows - 1 : 0), alloc, stream, &s));

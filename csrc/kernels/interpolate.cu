@@ -24,7 +24,7 @@ struct PixelTri {
 __device__ __forceinline__ PixelTri load_pixel(const InterpolateParams& p, int64_t pix, bool need_db) {
   PixelTri r;
   float4 rs = reinterpret_cast<const float4*>(p.rast)[pix];
-  r.n = pix / (p.H * p.W);
+  r.n = nvdr_image_of(pix, p.H * p.W, p.N * p.H * p.W);
   r.u = rs.x;
   r.v = rs.y;
   r.t = nvdr_decode_tri(rs.w);
@@ -41,6 +41,17 @@ __device__ __forceinline__ PixelTri load_pixel(const InterpolateParams& p, int64
   if (need_db && r.ok) r.db = reinterpret_cast<const float4*>(p.rast_db)[pix];
   return r;
 }
+
+// dy / dda of pixel `pix`; channel c is at [c * dy_cs(p)] / [c * dda_cs(p)].
+__device__ __forceinline__ const float* dy_at(const InterpolateParams& p, int64_t pix) {
+  return p.dy_contig ? p.dy + pix * p.A : p.dy + nvdr_pixel_offset(pix, p.H, p.W, p.dy_s[0], p.dy_s[1], p.dy_s[2]);
+}
+__device__ __forceinline__ int64_t dy_cs(const InterpolateParams& p) { return p.dy_contig ? 1 : p.dy_s[3]; }
+__device__ __forceinline__ const float* dda_at(const InterpolateParams& p, int64_t pix) {
+  return p.dda_contig ? p.dda + pix * 2 * p.K
+                      : p.dda + nvdr_pixel_offset(pix, p.H, p.W, p.dda_s[0], p.dda_s[1], p.dda_s[2]);
+}
+__device__ __forceinline__ int64_t dda_cs(const InterpolateParams& p) { return p.dda_contig ? 1 : p.dda_s[3]; }
 
 __device__ __forceinline__ int diff_channel(const InterpolateParams& p, int64_t j) {
   return p.diff_identity ? (j < p.A ? (int)j : -1) : __ldg(p.diff_idx + j);
@@ -122,18 +133,20 @@ __device__ __forceinline__ PixelTri pixel_backward(const InterpolateParams& p, i
     const float* a0 = ab + (int64_t)px.vi[0] * A;
     const float* a1 = ab + (int64_t)px.vi[1] * A;
     const float* a2 = ab + (int64_t)px.vi[2] * A;
-    const float* g = p.dy + pix * A;
+    const float* g = dy_at(p, pix);
+    const int64_t gs = dy_cs(p);
     for (int64_t k = 0; k < A; ++k) {
-      float gk = g[k], x2 = __ldg(a2 + k);
+      float gk = g[k * gs], x2 = __ldg(a2 + k);
       gu += gk * (__ldg(a0 + k) - x2);
       gv += gk * (__ldg(a1 + k) - x2);
     }
     if (K > 0) {
-      const float* gd = p.dda + pix * 2 * K;
+      const float* gd = dda_at(p, pix);
+      const int64_t ds = dda_cs(p);
       for (int64_t j = 0; j < K; ++j) {
         int k = diff_channel(p, j);
         if (k < 0) continue;
-        float gx = gd[2 * j], gy = gd[2 * j + 1];
+        float gx = gd[2 * j * ds], gy = gd[(2 * j + 1) * ds];
         float x2 = __ldg(a2 + k);
         float d0 = __ldg(a0 + k) - x2, d1 = __ldg(a1 + k) - x2;
         gdb.x += gx * d0;
@@ -152,17 +165,18 @@ __device__ __forceinline__ PixelTri pixel_backward(const InterpolateParams& p, i
 __device__ __forceinline__ float corner_term(const InterpolateParams& p, int64_t pix, int c, int k, float u, float v,
                                              float4 db) {
   const float coef = c == 0 ? u : (c == 1 ? v : 1.f - u - v);
-  float s = coef * p.dy[pix * p.A + k];
+  float s = coef * dy_at(p, pix)[k * dy_cs(p)];
   if (p.K > 0) {
     const float cx = c == 0 ? db.x : (c == 1 ? db.z : -(db.x + db.z));
     const float cy = c == 0 ? db.y : (c == 1 ? db.w : -(db.y + db.w));
-    const float* gd = p.dda + pix * 2 * p.K;
+    const float* gd = dda_at(p, pix);
+    const int64_t ds = dda_cs(p);
     if (p.diff_identity) {
-      if (k < p.K) s += gd[2 * k] * cx + gd[2 * k + 1] * cy;
+      if (k < p.K) s += gd[2 * k * ds] * cx + gd[(2 * k + 1) * ds] * cy;
     } else {
       for (int q = __ldg(p.diff_off + k), e = __ldg(p.diff_off + k + 1); q < e; ++q) {
         int j = __ldg(p.diff_js + q);
-        s += gd[2 * j] * cx + gd[2 * j + 1] * cy;
+        s += gd[2 * j * ds] * cx + gd[(2 * j + 1) * ds] * cy;
       }
     }
   }

@@ -31,6 +31,9 @@ struct InterpolateParams {
   // Backward inputs / outputs.
   const float* dy;        // [N, H, W, A]
   const float* dda;       // [N, H, W, 2K] or nullptr
+  // Element strides (n, h, w, channel) of dy and dda; *_contig = 1: dense, strides unused.
+  int64_t dy_s[4], dda_s[4];
+  int dy_contig, dda_contig;
   float* grad_attr;       // like attr (zeroed by the caller is not required: the kernels initialize it)
   float* grad_rast;       // [N, H, W, 4]
   float* grad_rast_db;    // [N, H, W, 4] or nullptr

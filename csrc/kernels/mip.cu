@@ -3,48 +3,84 @@
 
 namespace {
 
-constexpr int kBlock = 256;
-
+// One thread per destination texel (all channels); rows of the destination level run along grid y, so
+// only one division per thread is needed.
 __global__ void mip_level_kernel(const float* __restrict__ src, float* __restrict__ dst, int64_t batch, int hs, int ws,
                                  int hd, int wd, int64_t C) {
-  const int64_t total = batch * hd * wd * C;
   const int fh = hs > 1 ? 2 : 1, fw = ws > 1 ? 2 : 1;
   const float scale = 1.f / (float)(fh * fw);
-  for (int64_t e = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; e < total; e += (int64_t)gridDim.x * blockDim.x) {
-    const int64_t c = e % C;
-    const int64_t t = e / C;
-    const int64_t j = t % wd;
-    const int64_t i = (t / wd) % hd;
-    const int64_t b = t / ((int64_t)wd * hd);
-    const float* s = src + ((b * hs + i * fh) * ws + j * fw) * C + c;
-    float acc = s[0];
-    if (fw == 2) acc += s[C];
-    if (fh == 2) {
-      const float* s2 = s + (int64_t)ws * C;
-      acc += s2[0];
-      if (fw == 2) acc += s2[C];
+  const int64_t rows = batch * hd;
+  for (int64_t r = blockIdx.y; r < rows; r += gridDim.y) {
+    const int64_t b = r / hd;
+    const int i = (int)(r - b * hd);
+    const float* srow = src + ((b * hs + (int64_t)i * fh) * ws) * C;
+    float* drow = dst + r * wd * C;
+    for (int j = blockIdx.x * blockDim.x + threadIdx.x; j < wd; j += gridDim.x * blockDim.x) {
+      const float* s0 = srow + (int64_t)j * fw * C;
+      const float* s1 = s0 + (fh == 2 ? (int64_t)ws * C : 0);
+      for (int64_t c = 0; c < C; ++c) {
+        float acc = s0[c];
+        if (fw == 2) acc += s0[C + c];
+        if (fh == 2) {
+          acc += s1[c];
+          if (fw == 2) acc += s1[C + c];
+        }
+        drow[(int64_t)j * C + c] = acc * scale;
+      }
     }
-    dst[e] = acc * scale;
   }
 }
 
 // One thread per base texel (all channels); level coordinates by shifts (sizes halve level to level).
 __global__ void mip_adjoint_kernel(const __grid_constant__ MipParams p) {
-  const int64_t H0 = p.h[0], W0 = p.w[0], C = p.C;
+  const int64_t H0 = p.h[0], W0 = p.w[0], C = p.C, S = p.in_stride;
   const int64_t rows = p.batch * H0;
   for (int64_t r = blockIdx.y; r < rows; r += gridDim.y) {
     const int64_t b = r / H0;
     const int i = (int)(r - b * H0);
     for (int j = blockIdx.x * blockDim.x + threadIdx.x; j < W0; j += gridDim.x * blockDim.x) {
-      const int64_t e0 = (r * W0 + j) * C;
+      const int64_t t0 = r * W0 + j;
+      if (C <= 4) {
+        // All channels at once, levels in the outer loop (one index computation and, for padded
+        // gradients, one vector load per level).
+        float acc[4] = {0.f, 0.f, 0.f, 0.f};
+        if (p.in[0]) {
+#pragma unroll
+          for (int c = 0; c < 4; ++c)
+            if (c < C) acc[c] = p.in[0][t0 * S + c];
+        }
+#pragma unroll
+        for (int l = 1; l < NVDR_MAX_MIP_LEVELS; ++l) {
+          if (l >= p.num_levels) break;
+          const float* src = p.in[l];
+          if (!src) continue;
+          const int64_t idx = (b * p.h[l] + (i >> p.sh_h[l])) * p.w[l] + (j >> p.sh_w[l]);
+          const float sc = p.scale[l];
+          if (p.vec4) {
+            const float4 v = __ldg(reinterpret_cast<const float4*>(src) + idx);
+            acc[0] += v.x * sc;
+            acc[1] += v.y * sc;
+            acc[2] += v.z * sc;
+            acc[3] += v.w * sc;
+          } else {
+#pragma unroll
+            for (int c = 0; c < 4; ++c)
+              if (c < C) acc[c] += __ldg(src + idx * S + c) * sc;
+          }
+        }
+#pragma unroll
+        for (int c = 0; c < 4; ++c)
+          if (c < C) p.out[0][t0 * C + c] = acc[c];
+        continue;
+      }
       for (int64_t c = 0; c < C; ++c) {
-        float acc = p.in[0] ? p.in[0][e0 + c] : 0.f;
+        float acc = p.in[0] ? p.in[0][t0 * S + c] : 0.f;
         for (int l = 1; l < p.num_levels; ++l) {
           if (!p.in[l]) continue;
           const int64_t il = i >> p.sh_h[l], jl = j >> p.sh_w[l];
-          acc += p.in[l][((b * p.h[l] + il) * p.w[l] + jl) * C + c] * p.scale[l];
+          acc += p.in[l][((b * p.h[l] + il) * p.w[l] + jl) * S + c] * p.scale[l];
         }
-        p.out[0][e0 + c] = acc;
+        p.out[0][t0 * C + c] = acc;
       }
     }
   }
@@ -56,10 +92,12 @@ cudaError_t mip_build_cuda(const MipParams& p, cudaStream_t stream) {
   if (p.num_levels < 1 || p.num_levels > NVDR_MAX_MIP_LEVELS) return cudaErrorInvalidValue;
   for (int l = 1; l < p.num_levels; ++l) {
     const float* src = l == 1 ? p.in[0] : p.out[l - 1];
-    const int64_t total = p.batch * p.h[l] * p.w[l] * p.C;
-    if (total <= 0) continue;
-    mip_level_kernel<<<nvdr_grid_1d(total, kBlock), kBlock, 0, stream>>>(src, p.out[l], p.batch, p.h[l - 1],
-                                                                         p.w[l - 1], p.h[l], p.w[l], p.C);
+    const int64_t rows = p.batch * p.h[l];
+    if (rows <= 0 || p.w[l] <= 0 || p.C <= 0) continue;
+    // Narrow levels get narrow blocks so that few threads idle.
+    const int bx = p.w[l] >= 128 ? 128 : 32;
+    dim3 grid((unsigned)((p.w[l] + bx - 1) / bx), (unsigned)(rows < 65535 ? rows : 65535));
+    mip_level_kernel<<<grid, bx, 0, stream>>>(src, p.out[l], p.batch, p.h[l - 1], p.w[l - 1], p.h[l], p.w[l], p.C);
     NVDR_RETURN_IF_LAUNCH_ERROR();
   }
   return cudaSuccess;
@@ -68,6 +106,11 @@ cudaError_t mip_build_cuda(const MipParams& p, cudaStream_t stream) {
 cudaError_t mip_adjoint_cuda(const MipParams& p_in, cudaStream_t stream) {
   if (p_in.num_levels < 1 || p_in.num_levels > NVDR_MAX_MIP_LEVELS) return cudaErrorInvalidValue;
   MipParams p = p_in;
+  if (p.in_stride <= 0) p.in_stride = p.C;
+  if (p.in_stride < p.C) return cudaErrorInvalidValue;
+  p.vec4 = p.in_stride == 4 ? 1 : 0;  // 16-byte texels: one vector load per level if aligned
+  for (int l = 1; l < p.num_levels; ++l)
+    if (p.in[l] && (reinterpret_cast<uintptr_t>(p.in[l]) & 15)) p.vec4 = 0;
   for (int l = 0; l < p.num_levels; ++l) {
     if (p.h[l] < 1 || p.w[l] < 1 || p.h[0] % p.h[l] || p.w[0] % p.w[l]) return cudaErrorInvalidValue;
     const int rh = p.h[0] / p.h[l], rw = p.w[0] / p.w[l];

@@ -56,7 +56,6 @@ struct Foot {
   float sx, sy;    // dx/ds, dy/dt (0 where clamped)
   int corner;      // cube: index of the texel replaced by the average of the other three, else -1
   float cm[4];     // 1 for the corner texel, else 0 (static indexing keeps Foot in registers)
-  int ti[4], tj[4];  // 2-D: row / column of each texel within its level (for block-local accumulation)
 };
 
 struct Pix {
@@ -87,10 +86,13 @@ __device__ __forceinline__ void add3(int a, float v, float& x, float& y, float& 
   else z += v;
 }
 
+// CUBE (p.boundary == NVDR_BOUNDARY_CUBE) is a template parameter: the 2-D kernels then carry none of the
+// cube-map code, which keeps their register count (and so their occupancy) down.
+template <bool CUBE>
 __device__ __forceinline__ Pix setup_pixel(const TextureParams& p, int64_t pix) {
   Pix q;
   q.valid = true;
-  q.n = pix / (p.h * p.w);
+  q.n = nvdr_image_of(pix, p.h * p.w, p.N * p.h * p.w);
   q.bi = p.tex_batch == 1 ? 0 : q.n;
   q.face = 0;
   q.l0 = q.l1 = 0;
@@ -102,7 +104,7 @@ __device__ __forceinline__ Pix setup_pixel(const TextureParams& p, int64_t pix) 
   q.m = 1.f;
   q.sc = q.tc = 0.f;
   q.dx = q.dy = q.dz = 0.f;
-  const bool cube = p.boundary == NVDR_BOUNDARY_CUBE;
+  const bool cube = CUBE;
   if (!cube) {
     float2 st = reinterpret_cast<const float2*>(p.uv)[pix];
     q.s = st.x;
@@ -195,6 +197,7 @@ __device__ __forceinline__ int wrap_index(int j, int size) {
   return j < 0 ? j + size : j;
 }
 
+template <bool CUBE>
 __device__ __forceinline__ Foot footprint(const TextureParams& p, const Pix& q, int level) {
   Foot ft;
   ft.corner = -1;
@@ -203,16 +206,16 @@ __device__ __forceinline__ Foot footprint(const TextureParams& p, const Pix& q, 
   float x = q.s * (float)Wl - 0.5f, y = q.t * (float)Hl - 0.5f;
   ft.sx = (float)Wl;
   ft.sy = (float)Hl;
-  if (p.boundary == NVDR_BOUNDARY_CLAMP) {
+  if (!CUBE && p.boundary == NVDR_BOUNDARY_CLAMP) {
     if (x < 0.f || x > (float)(Wl - 1)) ft.sx = 0.f;
     if (y < 0.f || y > (float)(Hl - 1)) ft.sy = 0.f;
     x = clampf(x, 0.f, (float)(Wl - 1));
     y = clampf(y, 0.f, (float)(Hl - 1));
-  } else if (p.boundary == NVDR_BOUNDARY_ZERO) {
+  } else if (!CUBE && p.boundary == NVDR_BOUNDARY_ZERO) {
     // Far outside every texel is zero; bound the value so that the integer conversion is safe.
     x = clampf(x, -2.f, (float)Wl + 1.f);
     y = clampf(y, -2.f, (float)Hl + 1.f);
-  } else if (p.boundary == NVDR_BOUNDARY_CUBE) {
+  } else if (CUBE) {
     x = clampf(x, -0.5f, (float)Wl - 0.5f);
     y = clampf(y, -0.5f, (float)Hl - 0.5f);
   } else {
@@ -230,18 +233,18 @@ __device__ __forceinline__ Foot footprint(const TextureParams& p, const Pix& q, 
 #pragma unroll
   for (int k = 0; k < 4; ++k) {
     int i = i0 + (k >> 1), j = j0 + (k & 1);
-    if (p.boundary == NVDR_BOUNDARY_WRAP) {
+    if (!CUBE && p.boundary == NVDR_BOUNDARY_WRAP) {
       i = wrap_index(i, Hl);
       j = wrap_index(j, Wl);
-    } else if (p.boundary == NVDR_BOUNDARY_CLAMP) {
+    } else if (!CUBE && p.boundary == NVDR_BOUNDARY_CLAMP) {
       i = min(max(i, 0), Hl - 1);
       j = min(max(j, 0), Wl - 1);
-    } else if (p.boundary == NVDR_BOUNDARY_ZERO) {
+    } else if (!CUBE && p.boundary == NVDR_BOUNDARY_ZERO) {
       if (i < 0 || i >= Hl || j < 0 || j >= Wl) {
         ft.idx[k] = -1;
         continue;
       }
-    } else {  // cube
+    } else if (CUBE) {
       const int S = Wl;
       const bool iout = i < 0 || i >= S, jout = j < 0 || j >= S;
       int f = q.face;
@@ -261,13 +264,12 @@ __device__ __forceinline__ Foot footprint(const TextureParams& p, const Pix& q, 
       ft.idx[k] = ((q.bi * 6 + f) * (int64_t)S + i) * S + j;
       continue;
     }
-    ft.ti[k] = i;
-    ft.tj[k] = j;
     ft.idx[k] = (q.bi * (int64_t)Hl + i) * Wl + j;
   }
   return ft;
 }
 
+template <bool CUBE>
 __device__ __forceinline__ Foot footprint_nearest(const TextureParams& p, const Pix& q) {
   Foot ft;
   ft.corner = -1;
@@ -286,9 +288,7 @@ __device__ __forceinline__ Foot footprint_nearest(const TextureParams& p, const 
   }
   const int j = (int)floorf(clampf(xs, 0.f, (float)(Wl - 1)));
   const int i = (int)floorf(clampf(ys, 0.f, (float)(Hl - 1)));
-  ft.ti[0] = i;
-  ft.tj[0] = j;
-  if (p.boundary == NVDR_BOUNDARY_CUBE)
+  if (CUBE)
     ft.idx[0] = ((q.bi * 6 + q.face) * (int64_t)Wl + i) * Wl + j;
   else
     ft.idx[0] = (q.bi * (int64_t)Hl + i) * Wl + j;
@@ -318,27 +318,28 @@ __device__ __forceinline__ void grad_weights(const Foot& ft, float gw[4]) {
   for (int k = 0; k < 4; ++k) gw[k] = (1.f - ft.cm[k]) * (ft.w[k] + share);
 }
 
+template <bool CUBE>
 __global__ void texture_fwd_kernel(const __grid_constant__ TextureParams p) {
   const int64_t total = p.N * p.h * p.w;
   const int64_t C = p.C;
   for (int64_t pix = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; pix < total;
        pix += (int64_t)gridDim.x * blockDim.x) {
     float* o = p.out + pix * C;
-    const Pix q = setup_pixel(p, pix);
+    const Pix q = setup_pixel<CUBE>(p, pix);
     if (!q.valid) {
       for (int64_t c = 0; c < C; ++c) o[c] = 0.f;
       continue;
     }
     if (p.filter == NVDR_FILTER_NEAREST) {
-      const Foot ft = footprint_nearest(p, q);
+      const Foot ft = footprint_nearest<CUBE>(p, q);
       const float* tex = p.levels[0];
       for (int64_t c = 0; c < C; ++c) o[c] = ft.idx[0] >= 0 ? __ldg(tex + ft.idx[0] * C + c) : 0.f;
       continue;
     }
-    const Foot f0 = footprint(p, q, q.l0);
+    const Foot f0 = footprint<CUBE>(p, q, q.l0);
     const bool two = q.f > 0.f;
     Foot f1 = f0;
-    if (two) f1 = footprint(p, q, q.l1);
+    if (two) f1 = footprint<CUBE>(p, q, q.l1);
     const float* t0 = p.levels[q.l0];
     const float* t1 = p.levels[q.l1];
     for (int64_t c = 0; c < C; ++c) {
@@ -374,6 +375,15 @@ __device__ __forceinline__ void lambda_grad_jac(const Pix& q, float glam, float&
 
 __device__ __forceinline__ float finite_or_zero(float x) { return isfinite(x) ? x : 0.f; }
 
+// dy of pixel `pix` (channel c at [c * dy_sc]); strided dy is read in place.
+__device__ __forceinline__ const float* dy_at(const TextureParams& p, int64_t pix) {
+  if (p.dy_contig) return p.dy + pix * p.C;
+  if ((p.dy_sn | p.dy_sh | p.dy_sw) == 0) return p.dy;
+  const int64_t x = pix % p.w, t = pix / p.w;
+  const int64_t y = t % p.h, n = t / p.h;
+  return p.dy + n * p.dy_sn + y * p.dy_sh + x * p.dy_sw;
+}
+
 // Everything the backward needs about one pixel.
 struct PixBwd {
   Pix q;
@@ -383,20 +393,21 @@ struct PixBwd {
   float w0, w1;  // level weights
 };
 
+template <bool CUBE>
 __device__ __forceinline__ PixBwd prepare_bwd(const TextureParams& p, int64_t pix) {
   PixBwd b;
-  b.q = setup_pixel(p, pix);
+  b.q = setup_pixel<CUBE>(p, pix);
   b.two = b.need_v1 = false;
   b.w0 = 1.f;
   b.w1 = 0.f;
   if (b.q.valid) {
     if (p.filter == NVDR_FILTER_NEAREST) {
-      b.f0 = footprint_nearest(p, b.q);
+      b.f0 = footprint_nearest<CUBE>(p, b.q);
     } else {
-      b.f0 = footprint(p, b.q, b.q.l0);
+      b.f0 = footprint<CUBE>(p, b.q, b.q.l0);
       b.two = b.q.f > 0.f;
       b.need_v1 = b.q.interior && b.q.l1 != b.q.l0;
-      if (b.two || b.need_v1) b.f1 = footprint(p, b.q, b.q.l1);
+      if (b.two || b.need_v1) b.f1 = footprint<CUBE>(p, b.q, b.q.l1);
       b.w0 = 1.f - b.q.f;
       b.w1 = b.q.f;
     }
@@ -424,20 +435,22 @@ __device__ __forceinline__ void for_each_texel(const PixBwd& b, Emit&& emit) {
 }
 
 // Writes the uv, uv_da and bias gradients of one pixel.
+template <bool CUBE>
 __device__ __forceinline__ void write_param_grads(const TextureParams& p, int64_t pix, const PixBwd& b) {
   const int64_t C = p.C;
-  const bool cube = p.boundary == NVDR_BOUNDARY_CUBE;
+  const bool cube = CUBE;
   const int uvc = cube ? 3 : 2;
   const Pix& q = b.q;
   const Foot& f0 = b.f0;
   const Foot& f1 = b.f1;
-  const float* g = p.dy + pix * C;
+  const float* g = dy_at(p, pix);
+  const int64_t sc = p.dy_contig ? 1 : p.dy_sc;
   float gs = 0.f, gt = 0.f, glam = 0.f;
   if (q.valid && p.filter != NVDR_FILTER_NEAREST) {
     const float* t0 = p.levels[q.l0];
     const float* t1 = p.levels[q.l1];
     for (int64_t c = 0; c < C; ++c) {
-      const float gc = g[c];
+      const float gc = g[c * sc];
       if (gc == 0.f) continue;
       float T[4];
       fetch4(t0, f0, C, c, T);
@@ -529,12 +542,13 @@ __device__ __forceinline__ void write_param_grads(const TextureParams& p, int64_
 
 // Deterministic backward, pass 1: one thread per pixel writes its (texel, weight) entries in a fixed
 // slot order and its uv / uv_da / bias gradients.
+template <bool CUBE>
 __global__ void texture_bwd_det_kernel(const __grid_constant__ TextureParams p, uint64_t* det_keys, float* det_w,
                                        int slots) {
   const int64_t total = p.N * p.h * p.w;
   for (int64_t pix = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; pix < total;
        pix += (int64_t)gridDim.x * blockDim.x) {
-    const PixBwd b = prepare_bwd(p, pix);
+    const PixBwd b = prepare_bwd<CUBE>(p, pix);
     uint64_t* kk = det_keys + pix * slots;
     float* ww = det_w + pix * slots;
     for (int k = 0; k < slots; ++k) kk[k] = NVDR_SKIP_KEY;
@@ -546,7 +560,7 @@ __global__ void texture_bwd_det_kernel(const __grid_constant__ TextureParams p, 
         ++slot;
       }
     });
-    write_param_grads(p, pix, b);
+    write_param_grads<CUBE>(p, pix, b);
   }
 }
 
@@ -554,14 +568,29 @@ __global__ void texture_bwd_det_kernel(const __grid_constant__ TextureParams p, 
 // slot (level, corner) equal texels form contiguous runs of lanes. Each run is summed with shuffles and
 // only its first lane issues the atomic: fewer atomics, and none that collide inside one warp
 // instruction (same-address float atomics of one instruction are serialized by the memory system).
-__global__ void texture_bwd_warp_kernel(const __grid_constant__ TextureParams p) {
+// OR of v over the warp.
+__device__ __forceinline__ unsigned warp_or(unsigned v) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  return __reduce_or_sync(0xffffffffu, v);
+#else
+  unsigned r = 0;
+  for (int i = 0; i < 32; ++i)
+    if (__ballot_sync(0xffffffffu, (v >> i) & 1u)) r |= 1u << i;
+  return r;
+#endif
+}
+
+// PARAMS / SCATTER select the halves (uv / uv_da / bias gradients, texel gradients); without texel
+// gradients wanted only the first runs.
+// Three blocks per SM for the 2-D variants (register cap 85): occupancy matters more than a few spills.
+template <bool PARAMS, bool SCATTER, bool CUBE>
+__global__ void __launch_bounds__(kBlock, CUBE ? 1 : 3) texture_bwd_warp_kernel(const __grid_constant__ TextureParams p) {
   const int64_t total = p.N * p.h * p.w;
   const int64_t C = p.C;
   const int lane = threadIdx.x & 31;
   const int64_t warp0 = (blockIdx.x * (int64_t)blockDim.x + threadIdx.x) - lane;
   const int64_t stride = (int64_t)gridDim.x * blockDim.x;
   const unsigned full = 0xffffffffu;
-  const unsigned lanes_le = (2u << lane) - 1u;  // lanes 0..lane (lane 31: all)
   for (int64_t base = warp0; base < total; base += stride) {
     const int64_t pix = base + lane;
     const bool in = pix < total;
@@ -570,8 +599,9 @@ __global__ void texture_bwd_warp_kernel(const __grid_constant__ TextureParams p)
     b.two = false;
     b.w0 = 1.f;
     b.w1 = 0.f;
-    if (in) b = prepare_bwd(p, pix);
-    const float* g = p.dy + (in ? pix : 0) * C;
+    if (in) b = prepare_bwd<CUBE>(p, pix);
+    const float* g = dy_at(p, in ? pix : 0);
+    const int64_t sc = p.dy_contig ? 1 : p.dy_sc;
     float gw0[4] = {0.f, 0.f, 0.f, 0.f}, gw1[4] = {0.f, 0.f, 0.f, 0.f};
     if (b.q.valid) {
       grad_weights(b.f0, gw0);
@@ -579,6 +609,7 @@ __global__ void texture_bwd_warp_kernel(const __grid_constant__ TextureParams p)
     }
 #pragma unroll
     for (int s = 0; s < 8; ++s) {
+      if (!SCATTER || !p.grad_flat) break;  // uniform: only the parameter gradients are wanted
       const int k = s & 3;
       int64_t key = -1;
       float a = 0.f;
@@ -594,24 +625,62 @@ __global__ void texture_bwd_warp_kernel(const __grid_constant__ TextureParams p)
       if (__ballot_sync(full, key >= 0) == 0) continue;
       const long long prev = __shfl_up_sync(full, (long long)key, 1);
       const bool head = lane == 0 || prev != (long long)key;
-      const int seg = __popc(__ballot_sync(full, head) & lanes_le);
-      unsigned same = 0;  // bit i: lane + 2^i belongs to this lane's run
+      // bit i of same: lane + 2^i belongs to this lane's run (no run head in between). need: the steps
+      // of the segmented sum that any lane uses (runs are short, so usually one or two).
+      const unsigned heads = __ballot_sync(full, head);
+      const unsigned after = lane == 31 ? 0u : (heads >> (lane + 1));
+      unsigned same = 0;
 #pragma unroll
       for (int i = 0; i < 5; ++i) {
-        const int ns = __shfl_down_sync(full, seg, 1 << i);
-        if (lane + (1 << i) < 32 && ns == seg) same |= 1u << i;
+        const int d = 1 << i;
+        if (lane + d < 32 && (after & ((1u << d) - 1u)) == 0u) same |= 1u << i;
+      }
+      const unsigned need = warp_or(same);
+      if (C <= 4) {
+        // All channels of the run's sum reach its head, which adds them with one vector atomic where
+        // the buffer is padded (sm_90+), else one atomic per channel.
+        float v[4];
+#pragma unroll
+        for (int c = 0; c < 4; ++c) {
+          float x = (key >= 0 && c < C) ? a * g[c * sc] : 0.f;
+#pragma unroll
+          for (int i = 0; i < 5; ++i) {
+            if (!(need & (1u << i))) break;  // uniform
+            const float o = __shfl_down_sync(full, x, 1 << i);
+            if (same & (1u << i)) x += o;
+          }
+          v[c] = x;
+        }
+        if (head && key >= 0) {
+          float* dst = p.grad_flat + key * p.grad_stride;
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+          if (p.grad_stride == 4) {
+            atomicAdd(reinterpret_cast<float4*>(dst), make_float4(v[0], v[1], v[2], v[3]));
+            continue;
+          }
+          if (p.grad_stride == 2 && C == 2) {
+            atomicAdd(reinterpret_cast<float2*>(dst), make_float2(v[0], v[1]));
+            continue;
+          }
+#endif
+#pragma unroll
+          for (int c = 0; c < 4; ++c)
+            if (c < C && v[c] != 0.f) atomicAdd(dst + c, v[c]);
+        }
+        continue;
       }
       for (int64_t c = 0; c < C; ++c) {
-        float v = key >= 0 ? a * g[c] : 0.f;
+        float v = key >= 0 ? a * g[c * sc] : 0.f;
 #pragma unroll
         for (int i = 0; i < 5; ++i) {
+          if (!(need & (1u << i))) break;  // uniform
           const float o = __shfl_down_sync(full, v, 1 << i);
           if (same & (1u << i)) v += o;
         }
-        if (head && key >= 0 && v != 0.f) atomicAdd(p.grad_flat + key * C + c, v);
+        if (head && key >= 0 && v != 0.f) atomicAdd(p.grad_flat + key * p.grad_stride + c, v);
       }
     }
-    if (in) write_param_grads(p, pix, b);
+    if (PARAMS && in) write_param_grads<CUBE>(p, pix, b);
   }
 }
 
@@ -626,13 +695,14 @@ __global__ void texture_det_reduce_kernel(const __grid_constant__ TextureParams 
     const int64_t start = s.seg_start[si];
     const int64_t end = nvdr_segment_end(s, start);
     const uint64_t key = s.keys[start];
+    const int64_t sc = p.dy_contig ? 1 : p.dy_sc;
     for (int64_t c = lane; c < C; c += 32) {
       float sum = 0.f;
       for (int64_t e = start; e < end; ++e) {
         const int64_t entry = s.order[e];
-        sum += det_w[entry] * p.dy[(entry / slots) * C + c];
+        sum += det_w[entry] * dy_at(p, entry / slots)[c * sc];
       }
-      p.grad_flat[key * C + c] = sum;
+      p.grad_flat[key * p.grad_stride + c] = sum;
     }
   }
 }
@@ -643,7 +713,10 @@ cudaError_t texture_fwd_cuda(const TextureParams& p, cudaStream_t stream) {
   const int64_t total = p.N * p.h * p.w;
   if (total <= 0) return cudaSuccess;
   if (p.num_levels < 1 || p.num_levels > NVDR_MAX_MIP_LEVELS) return cudaErrorInvalidValue;
-  texture_fwd_kernel<<<nvdr_grid_1d(total, kBlock), kBlock, 0, stream>>>(p);
+  if (p.boundary == NVDR_BOUNDARY_CUBE)
+    texture_fwd_kernel<true><<<nvdr_grid_1d(total, kBlock), kBlock, 0, stream>>>(p);
+  else
+    texture_fwd_kernel<false><<<nvdr_grid_1d(total, kBlock), kBlock, 0, stream>>>(p);
   NVDR_RETURN_IF_LAUNCH_ERROR();
   return cudaSuccess;
 }
@@ -651,12 +724,27 @@ cudaError_t texture_fwd_cuda(const TextureParams& p, cudaStream_t stream) {
 cudaError_t texture_bwd_cuda(const TextureParams& p, int deterministic, const NvdrAllocator& alloc,
                              cudaStream_t stream) {
   if (p.num_levels < 1 || p.num_levels > NVDR_MAX_MIP_LEVELS) return cudaErrorInvalidValue;
-  NVDR_RETURN_IF_ERROR(cudaMemsetAsync(p.grad_flat, 0, (size_t)(p.grad_texels * p.C) * sizeof(float), stream));
+  if (p.grad_stride < p.C) return cudaErrorInvalidValue;
+  if (p.grad_flat)
+    NVDR_RETURN_IF_ERROR(
+        cudaMemsetAsync(p.grad_flat, 0, (size_t)(p.grad_texels * p.grad_stride) * sizeof(float), stream));
   const int64_t total = p.N * p.h * p.w;
   if (total <= 0) return cudaSuccess;
   const int grid = nvdr_grid_1d(total, kBlock);
+  const bool cube = p.boundary == NVDR_BOUNDARY_CUBE;
+  if (!p.grad_flat) {
+    if (cube)
+      texture_bwd_warp_kernel<true, false, true><<<grid, kBlock, 0, stream>>>(p);
+    else
+      texture_bwd_warp_kernel<true, false, false><<<grid, kBlock, 0, stream>>>(p);
+    NVDR_RETURN_IF_LAUNCH_ERROR();
+    return cudaSuccess;
+  }
   if (!deterministic) {
-    texture_bwd_warp_kernel<<<grid, kBlock, 0, stream>>>(p);
+    if (cube)
+      texture_bwd_warp_kernel<true, true, true><<<grid, kBlock, 0, stream>>>(p);
+    else
+      texture_bwd_warp_kernel<true, true, false><<<grid, kBlock, 0, stream>>>(p);
     NVDR_RETURN_IF_LAUNCH_ERROR();
     return cudaSuccess;
   }
@@ -665,7 +753,10 @@ cudaError_t texture_bwd_cuda(const TextureParams& p, int deterministic, const Nv
   uint64_t* keys = alloc.get<uint64_t>(n);
   float* w = alloc.get<float>(n);
   if (!keys || !w) return cudaErrorMemoryAllocation;
-  texture_bwd_det_kernel<<<grid, kBlock, 0, stream>>>(p, keys, w, slots);
+  if (cube)
+    texture_bwd_det_kernel<true><<<grid, kBlock, 0, stream>>>(p, keys, w, slots);
+  else
+    texture_bwd_det_kernel<false><<<grid, kBlock, 0, stream>>>(p, keys, w, slots);
   NVDR_RETURN_IF_LAUNCH_ERROR();
   NvdrSortedSegments s;
   NVDR_RETURN_IF_ERROR(

@@ -32,8 +32,12 @@ struct TextureParams {
   float* out;             // forward: [N, h, w, C]
 
   // Backward.
-  const float* dy;        // [N, h, w, C]
-  float* grad_flat;       // all levels' gradients, level l at grad_flat + level_offset[l] * C
+  const float* dy;        // [N, h, w, C], any non-negative strides (an expanded gradient needs no copy)
+  int64_t dy_sn, dy_sh, dy_sw, dy_sc;  // element strides of dy
+  int dy_contig;          // 1: dy is contiguous (strides ignored)
+  float* grad_flat;       // all levels' gradients, level l at grad_flat + level_offset[l] * grad_stride;
+                          // nullptr: no texel gradients wanted
+  int64_t grad_stride;    // floats per texel in grad_flat (>= C; 4 for C == 3 allows one vector atomic)
   int64_t grad_texels;    // texels in grad_flat
   float* grad_uv;         // [N, h, w, 2|3] or nullptr (nearest)
   float* grad_uv_da;      // or nullptr

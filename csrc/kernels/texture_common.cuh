@@ -42,6 +42,21 @@ __device__ __forceinline__ int64_t nvdr_decode_tri(float v) {
   return (int64_t)(bits - 0x4A800000u) - 1;
 }
 
+// pix / hw, with a 32-bit division when every pixel index fits (several times cheaper than 64-bit).
+__device__ __forceinline__ int64_t nvdr_image_of(int64_t pix, int64_t hw, int64_t total) {
+  return total <= 0xffffffffll ? (int64_t)((uint32_t)pix / (uint32_t)hw) : pix / hw;
+}
+
+// Element offset of pixel `pix` of an [N, H, W, C] image with strides (sn, sh, sw) (non-negative). Lets
+// the backward passes read an incoming gradient in place: the gradient of out.sum() is an expanded
+// (all-zero-stride) tensor, and a contiguous copy would write a full image for nothing.
+__device__ __forceinline__ int64_t nvdr_pixel_offset(int64_t pix, int64_t H, int64_t W, int64_t sn, int64_t sh,
+                                                     int64_t sw) {
+  if ((sn | sh | sw) == 0) return 0;
+  const int64_t x = pix % W, t = pix / W;
+  return (t / H) * sn + (t % H) * sh + x * sw;
+}
+
 #endif  // __CUDACC__
 
 static inline int nvdr_grid_1d(int64_t work, int block, int cap = 65536 * 8) {

@@ -31,18 +31,23 @@ void check_tensor(const at::Tensor& t, const char* op, const char* name, at::Sca
   TORCH_CHECK(t.is_contiguous(), op, "(): input ", name, " must be a contiguous tensor");
 }
 
-// The hash tensor is int64 [2 * capacity]: capacity keys, then capacity (triangle, vertex) int32 pairs.
-AntialiasHash view_hash(const at::Tensor& h, const at::Device& dev, const char* op) {
+// The topology tensor is int64 [2 * capacity + ceil(3T / 2)]: the hash slots (key, (triangle, vertex)),
+// then the int32 neighbour table [3T] (see antialias_build_hash_cuda).
+int64_t topology_numel(int64_t T) { return 2 * antialias_hash_capacity(T) + (3 * T + 1) / 2; }
+
+AntialiasHash view_hash(const at::Tensor& h, int64_t T, const at::Device& dev, const char* op, const int** nbr) {
   TORCH_CHECK(h.is_cuda() && h.device() == dev, op, "(): topology hash must reside on the same GPU device as color");
   TORCH_CHECK(h.scalar_type() == at::kLong && h.dim() == 1 && h.is_contiguous(), op,
               "(): topology hash must be the tensor made by antialias_topology_hash");
-  const int64_t cap = h.numel() / 2;
-  TORCH_CHECK(h.numel() == 2 * cap && cap >= 64 && (cap & (cap - 1)) == 0, op,
-              "(): topology hash has an invalid size ", h.numel());
+  TORCH_CHECK(h.numel() == topology_numel(T), op, "(): topology hash was not built for a tri with ", T,
+              " triangles (size ", h.numel(), ", expected ", topology_numel(T), ")");
+  TORCH_CHECK(reinterpret_cast<uintptr_t>(h.data_ptr()) % 16 == 0, op,
+              "(): topology hash must be the tensor made by antialias_topology_hash (misaligned view given)");
+  const int64_t cap = antialias_hash_capacity(T);
   AntialiasHash r;
-  r.keys = reinterpret_cast<uint64_t*>(h.data_ptr<int64_t>());
-  r.vals = reinterpret_cast<int2*>(h.data_ptr<int64_t>() + cap);
+  r.slots = reinterpret_cast<uint64_t*>(h.data_ptr<int64_t>());
   r.capacity = cap;
+  *nbr = reinterpret_cast<const int*>(h.data_ptr<int64_t>() + 2 * cap);
   return r;
 }
 
@@ -53,13 +58,14 @@ at::Tensor antialias_topology_hash(const at::Tensor& tri) {
   TORCH_CHECK(tri.is_contiguous(), "antialias_topology_hash(): tri must be a contiguous tensor");
   TORCH_CHECK(tri.dim() == 2 && tri.size(1) == 3, "antialias_topology_hash(): tri must have shape [>0, 3], got ",
               tri.sizes());
-  const int64_t cap = antialias_hash_capacity(tri.size(0));
-  at::Tensor h = at::empty({2 * cap}, tri.options().dtype(at::kLong));
+  const int64_t T = tri.size(0);
+  const int64_t cap = antialias_hash_capacity(T);
+  at::Tensor h = at::empty({topology_numel(T)}, tri.options().dtype(at::kLong));
   AntialiasHash hh;
-  hh.keys = reinterpret_cast<uint64_t*>(h.data_ptr<int64_t>());
-  hh.vals = reinterpret_cast<int2*>(h.data_ptr<int64_t>() + cap);
+  hh.slots = reinterpret_cast<uint64_t*>(h.data_ptr<int64_t>());
   hh.capacity = cap;
-  NVDR_CUDA_CHECK(antialias_build_hash_cuda(tri.data_ptr<int>(), tri.size(0), hh, nvdr::current_stream(tri)));
+  int* nbr = reinterpret_cast<int*>(h.data_ptr<int64_t>() + 2 * cap);
+  NVDR_CUDA_CHECK(antialias_build_hash_cuda(tri.data_ptr<int>(), T, hh, nbr, nvdr::current_stream(tri)));
   return h;
 }
 
@@ -90,33 +96,50 @@ AntialiasParams make_params(const at::Tensor& color, const at::Tensor& rast, con
   p.rast = rast.data_ptr<float>();
   p.pos = pos.data_ptr<float>();
   p.tri = tri.data_ptr<int>();
-  p.hash = view_hash(topology, dev, op);
+  p.hash = view_hash(topology, p.T, dev, op, &p.nbr);
   return p;
 }
 
-std::tuple<at::Tensor, at::Tensor> antialias_fwd(const at::Tensor& color, const at::Tensor& rast,
-                                                 const at::Tensor& pos, const at::Tensor& tri,
-                                                 const at::Tensor& topology) {
+// Returns (out, work, grad_items); grad_items (count, then item codes) is empty when the image is too
+// large for 32-bit item codes, and the items are then found without compaction.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> antialias_fwd(const at::Tensor& color, const at::Tensor& rast,
+                                                             const at::Tensor& pos, const at::Tensor& tri,
+                                                             const at::Tensor& topology) {
   c10::cuda::CUDAGuard guard(color.device());
   AntialiasParams p = make_params(color, rast, pos, tri, topology, "antialias_fwd");
   at::Tensor out = at::empty(color.sizes(), color.options());
   at::Tensor work = at::empty({p.N, p.H, p.W, 2}, color.options());
+  const int64_t total = p.N * p.H * p.W;
+  const bool compact = 2 * total + 1 < (int64_t(1) << 32);
+  at::Tensor items = at::empty({compact ? 1 + 2 * total : 0}, color.options().dtype(at::kInt));
   p.out = out.data_ptr<float>();
-  NVDR_CUDA_CHECK(antialias_fwd_cuda(p, work.data_ptr<float>(), nvdr::current_stream(color)));
-  return {out, work};
+  Scratch scratch(color.device());
+  NVDR_CUDA_CHECK(antialias_fwd_cuda(p, work.data_ptr<float>(),
+                                     compact ? reinterpret_cast<uint32_t*>(items.data_ptr<int>()) : nullptr,
+                                     scratch.handle(), nvdr::current_stream(color)));
+  return {out, work, items};
 }
 
 std::tuple<at::Tensor, at::Tensor> antialias_bwd(const at::Tensor& color, const at::Tensor& rast, const at::Tensor& pos,
-                                                 const at::Tensor& tri, const at::Tensor& dy_in,
+                                                 const at::Tensor& tri, const at::Tensor& dy,
                                                  const std::optional<at::Tensor>& work,
+                                                 const std::optional<at::Tensor>& grad_items,
                                                  const at::Tensor& topology, double pos_gradient_boost,
                                                  bool deterministic) {
   c10::cuda::CUDAGuard guard(color.device());
   AntialiasParams p = make_params(color, rast, pos, tri, topology, "antialias_bwd");
-  at::Tensor dy = dy_in.contiguous();
-  check_tensor(dy, "antialias_bwd", "dy", at::kFloat, color.device());
+  // dy is read in place with its strides (the gradient of out.sum() is an expanded tensor).
+  TORCH_CHECK(dy.is_cuda() && dy.device() == color.device(), "antialias_bwd(): dy must reside on the device of color (",
+              color.device(), "), got ", dy.device());
+  TORCH_CHECK(dy.scalar_type() == at::kFloat, "antialias_bwd(): dy must be a float32 tensor, got ",
+              c10::toString(dy.scalar_type()));
   TORCH_CHECK(dy.sizes() == color.sizes(), "antialias_bwd(): dy must have the shape of color ", color.sizes(),
               ", got ", dy.sizes());
+  for (int d = 0; d < 4; ++d) {
+    TORCH_CHECK(dy.stride(d) >= 0, "antialias_bwd(): dy must not have negative strides");
+    p.dy_s[d] = dy.stride(d);
+  }
+  p.dy_contig = dy.is_contiguous() ? 1 : 0;
   at::Tensor grad_color = at::empty(color.sizes(), color.options());
   at::Tensor grad_pos = at::empty(pos.sizes(), pos.options());
   p.dy = dy.data_ptr<float>();
@@ -131,20 +154,31 @@ std::tuple<at::Tensor, at::Tensor> antialias_bwd(const at::Tensor& color, const 
   if (work.has_value() && work->defined() && work->is_cuda() && work->device() == color.device() &&
       work->scalar_type() == at::kFloat && work->is_contiguous() && work->numel() == p.N * p.H * p.W * 2)
     work_ptr = work->data_ptr<float>();
+  // The forward's list of items with a position gradient (only meaningful together with its work).
+  const uint32_t* items_ptr = nullptr;
+  if (work_ptr && grad_items.has_value() && grad_items->defined() && grad_items->is_cuda() &&
+      grad_items->device() == color.device() && grad_items->scalar_type() == at::kInt &&
+      grad_items->is_contiguous() && grad_items->numel() == 1 + 2 * p.N * p.H * p.W)
+    items_ptr = reinterpret_cast<const uint32_t*>(grad_items->data_ptr<int>());
   Scratch scratch(color.device());
-  NVDR_CUDA_CHECK(antialias_bwd_cuda(p, work_ptr, deterministic ? 1 : 0, scratch.handle(),
+  NVDR_CUDA_CHECK(antialias_bwd_cuda(p, work_ptr, items_ptr, deterministic ? 1 : 0, scratch.handle(),
                                      nvdr::current_stream(color)));
   return {grad_color, grad_pos};
 }
 
-std::tuple<at::Tensor, at::Tensor> antialias_fwd_meta(const at::Tensor& color, const at::Tensor&, const at::Tensor&,
-                                                      const at::Tensor&, const at::Tensor&) {
+std::tuple<at::Tensor, at::Tensor, at::Tensor> antialias_fwd_meta(const at::Tensor& color, const at::Tensor&,
+                                                                  const at::Tensor&, const at::Tensor&,
+                                                                  const at::Tensor&) {
+  const int64_t total = color.size(0) * color.size(1) * color.size(2);
+  const bool compact = 2 * total + 1 < (int64_t(1) << 32);
   return {at::empty(color.sizes(), color.options()),
-          at::empty({color.size(0), color.size(1), color.size(2), 2}, color.options())};
+          at::empty({color.size(0), color.size(1), color.size(2), 2}, color.options()),
+          at::empty({compact ? 1 + 2 * total : 0}, color.options().dtype(at::kInt))};
 }
 
 std::tuple<at::Tensor, at::Tensor> antialias_bwd_meta(const at::Tensor& color, const at::Tensor&, const at::Tensor& pos,
                                                       const at::Tensor&, const at::Tensor&,
+                                                      const std::optional<at::Tensor>&,
                                                       const std::optional<at::Tensor>&, const at::Tensor&, double,
                                                       bool) {
   return {at::empty(color.sizes(), color.options()), at::empty(pos.sizes(), pos.options())};
@@ -154,10 +188,12 @@ std::tuple<at::Tensor, at::Tensor> antialias_bwd_meta(const at::Tensor& color, c
 
 TORCH_LIBRARY_FRAGMENT(nvdiffrast, m) {
   m.def("antialias_topology_hash(Tensor tri) -> Tensor");
-  m.def("antialias_fwd(Tensor color, Tensor rast, Tensor pos, Tensor tri, Tensor topology) -> (Tensor, Tensor)");
   m.def(
-      "antialias_bwd(Tensor color, Tensor rast, Tensor pos, Tensor tri, Tensor dy, Tensor? work, Tensor topology, "
-      "float pos_gradient_boost, bool deterministic) -> (Tensor, Tensor)");
+      "antialias_fwd(Tensor color, Tensor rast, Tensor pos, Tensor tri, Tensor topology) -> (Tensor, Tensor, "
+      "Tensor)");
+  m.def(
+      "antialias_bwd(Tensor color, Tensor rast, Tensor pos, Tensor tri, Tensor dy, Tensor? work, "
+      "Tensor? grad_items, Tensor topology, float pos_gradient_boost, bool deterministic) -> (Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(nvdiffrast, CUDA, m) {

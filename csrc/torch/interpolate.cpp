@@ -128,6 +128,25 @@ std::tuple<at::Tensor, at::Tensor> interpolate_fwd(const at::Tensor& attr, const
   return {out, out_da};
 }
 
+// Checks an incoming gradient image and records its strides: it is read in place (the gradient of
+// out.sum() is an expanded tensor, whose contiguous copy would be a full image written for nothing).
+const float* strided_grad(const at::Tensor& t, const char* name, const InterpolateParams& p, int64_t C,
+                          const at::Device& dev, int64_t strides[4], int* contig) {
+  TORCH_CHECK(t.is_cuda() && t.device() == dev, "interpolate_bwd(): ", name, " must reside on the device of rast (",
+              dev, "), got ", t.device());
+  TORCH_CHECK(t.scalar_type() == at::kFloat, "interpolate_bwd(): ", name, " must be a float32 tensor, got ",
+              c10::toString(t.scalar_type()));
+  TORCH_CHECK(t.dim() == 4 && t.size(0) == p.N && t.size(1) == p.H && t.size(2) == p.W && t.size(3) == C,
+              "interpolate_bwd(): ", name, " must have shape [", p.N, ", ", p.H, ", ", p.W, ", ", C, "], got ",
+              t.sizes());
+  for (int d = 0; d < 4; ++d) {
+    TORCH_CHECK(t.stride(d) >= 0, "interpolate_bwd(): ", name, " must not have negative strides");
+    strides[d] = t.stride(d);
+  }
+  *contig = t.is_contiguous() ? 1 : 0;
+  return t.data_ptr<float>();
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor> interpolate_bwd(
     const at::Tensor& attr, const at::Tensor& rast, const at::Tensor& tri, const at::Tensor& dy_in,
     const std::optional<at::Tensor>& rast_db, const std::optional<at::Tensor>& dda_in, at::OptionalIntArrayRef diff_idx,
@@ -138,21 +157,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> interpolate_bwd(
   if (diff_idx.has_value()) di = *diff_idx;
   DiffSetup d = make_diff(di, A, rast.device(), true);
   InterpolateParams p = make_params(attr, rast, tri, rast_db, d, "interpolate_bwd");
-  at::Tensor dy = dy_in.contiguous();
-  check_tensor(dy, "interpolate_bwd", "dy", at::kFloat, rast.device());
-  TORCH_CHECK(dy.dim() == 4 && dy.size(0) == p.N && dy.size(1) == p.H && dy.size(2) == p.W && dy.size(3) == p.A,
-              "interpolate_bwd(): dy must have shape [", p.N, ", ", p.H, ", ", p.W, ", ", p.A, "], got ", dy.sizes());
+  p.dy = strided_grad(dy_in, "dy", p, p.A, rast.device(), p.dy_s, &p.dy_contig);
   at::Tensor dda;
   if (p.K > 0) {
-    dda = dda_in.has_value() ? dda_in.value().contiguous() : at::zeros({p.N, p.H, p.W, 2 * p.K}, rast.options());
-    check_tensor(dda, "interpolate_bwd", "dda", at::kFloat, rast.device());
-    TORCH_CHECK(dda.dim() == 4 && dda.size(0) == p.N && dda.size(1) == p.H && dda.size(2) == p.W &&
-                    dda.size(3) == 2 * p.K,
-                "interpolate_bwd(): dda must have shape [", p.N, ", ", p.H, ", ", p.W, ", ", 2 * p.K, "], got ",
-                dda.sizes());
-    p.dda = dda.data_ptr<float>();
+    // Without dda: one zero read through all-zero strides.
+    dda = dda_in.has_value() ? dda_in.value()
+                             : at::zeros({1}, rast.options()).expand({p.N, p.H, p.W, 2 * p.K});
+    p.dda = strided_grad(dda, "dda", p, 2 * p.K, rast.device(), p.dda_s, &p.dda_contig);
   }
-  p.dy = dy.data_ptr<float>();
   at::Tensor grad_attr = at::empty(attr.sizes(), attr.options());
   at::Tensor grad_rast = at::empty({p.N, p.H, p.W, 4}, rast.options());
   const bool want_db = diff_idx.has_value() && rast_db.has_value();

@@ -114,18 +114,55 @@ at::Tensor texture_fwd(at::TensorList levels_in, const at::Tensor& uv, const std
   return out;
 }
 
+// dy is read in place with its strides: the gradient of out.sum() is an expanded (stride 0) tensor, and
+// making it contiguous would write a full buffer for nothing.
+void set_dy(TextureParams& p, const at::Tensor& dy, const at::Device& dev, const char* op) {
+  TORCH_CHECK(dy.is_cuda() && dy.device() == dev, op, "(): dy must reside on the device of uv (", dev, "), got ",
+              dy.device());
+  TORCH_CHECK(dy.scalar_type() == at::kFloat, op, "(): dy must be a float32 tensor, got ",
+              c10::toString(dy.scalar_type()));
+  TORCH_CHECK(dy.dim() == 4 && dy.size(0) == p.N && dy.size(1) == p.h && dy.size(2) == p.w && dy.size(3) == p.C, op,
+              "(): dy must have shape [", p.N, ", ", p.h, ", ", p.w, ", ", p.C, "], got ", dy.sizes());
+  for (int d = 0; d < 4; ++d) TORCH_CHECK(dy.stride(d) >= 0, op, "(): dy must not have negative strides");
+  p.dy = dy.data_ptr<float>();
+  p.dy_contig = dy.is_contiguous() ? 1 : 0;
+  p.dy_sn = dy.stride(0);
+  p.dy_sh = dy.stride(1);
+  p.dy_sw = dy.stride(2);
+  p.dy_sc = dy.stride(3);
+}
+
+// uv / uv_da / bias gradient outputs (empty where not produced) wired into p.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> param_grads(TextureParams& p, const at::Tensor& uv, int64_t filter_mode,
+                                                           int64_t boundary_mode) {
+  const bool cube = boundary_mode == NVDR_BOUNDARY_CUBE;
+  at::Tensor grad_uv = filter_mode != NVDR_FILTER_NEAREST ? at::empty(uv.sizes(), uv.options())
+                                                          : at::empty({0}, uv.options());
+  const bool lml = filter_mode == NVDR_FILTER_LINEAR_MIP_LINEAR;
+  at::Tensor grad_uv_da = (lml && p.uv_da) ? at::empty({p.N, p.h, p.w, cube ? 6 : 4}, uv.options())
+                                           : at::empty({0}, uv.options());
+  at::Tensor grad_bias = (lml && p.bias) ? at::empty({p.N, p.h, p.w}, uv.options()) : at::empty({0}, uv.options());
+  p.grad_uv = grad_uv.numel() ? grad_uv.data_ptr<float>() : nullptr;
+  p.grad_uv_da = grad_uv_da.numel() ? grad_uv_da.data_ptr<float>() : nullptr;
+  p.grad_bias = grad_bias.numel() ? grad_bias.data_ptr<float>() : nullptr;
+  return {grad_uv, grad_uv_da, grad_bias};
+}
+
+void check_det_size(const TextureParams& p, int64_t filter_mode, const char* op) {
+  const int64_t slots = filter_mode == NVDR_FILTER_NEAREST ? 1 : (filter_mode == NVDR_FILTER_LINEAR_MIP_LINEAR ? 8 : 4);
+  TORCH_CHECK(p.N * p.h * p.w * slots < (int64_t(1) << 31), op,
+              "(): the deterministic backward handles at most 2^31-1 texel contributions, this call has ",
+              p.N * p.h * p.w * slots, "; turn torch.use_deterministic_algorithms off for it");
+}
+
 std::tuple<std::vector<at::Tensor>, at::Tensor, at::Tensor, at::Tensor> texture_bwd(
     at::TensorList levels_in, const at::Tensor& uv, const std::optional<at::Tensor>& uv_da,
-    const std::optional<at::Tensor>& bias, const at::Tensor& dy_in, int64_t filter_mode, int64_t boundary_mode,
+    const std::optional<at::Tensor>& bias, const at::Tensor& dy, int64_t filter_mode, int64_t boundary_mode,
     bool deterministic) {
   c10::cuda::CUDAGuard guard(uv.device());
   std::vector<at::Tensor> levels(levels_in.begin(), levels_in.end());
   TextureParams p = make_params(levels, uv, uv_da, bias, filter_mode, boundary_mode, "texture_bwd");
-  at::Tensor dy = dy_in.contiguous();
-  check_tensor(dy, "texture_bwd", "dy", uv.device());
-  TORCH_CHECK(dy.dim() == 4 && dy.size(0) == p.N && dy.size(1) == p.h && dy.size(2) == p.w && dy.size(3) == p.C,
-              "texture_bwd(): dy must have shape [", p.N, ", ", p.h, ", ", p.w, ", ", p.C, "], got ", dy.sizes());
-  p.dy = dy.data_ptr<float>();
+  set_dy(p, dy, uv.device(), "texture_bwd");
   // Gradients of all levels share one buffer (the kernels address it by level offset).
   int64_t all_texels = 0;
   for (const auto& t : levels) all_texels += t.numel() / p.C;
@@ -137,26 +174,65 @@ std::tuple<std::vector<at::Tensor>, at::Tensor, at::Tensor, at::Tensor> texture_
     off += t.numel();
   }
   p.grad_flat = flat.data_ptr<float>();
+  p.grad_stride = p.C;
   p.grad_texels = all_texels;
-  const bool cube = boundary_mode == NVDR_BOUNDARY_CUBE;
-  at::Tensor grad_uv = filter_mode != NVDR_FILTER_NEAREST ? at::empty(uv.sizes(), uv.options())
-                                                          : at::empty({0}, uv.options());
-  const bool lml = filter_mode == NVDR_FILTER_LINEAR_MIP_LINEAR;
-  at::Tensor grad_uv_da = (lml && p.uv_da) ? at::empty({p.N, p.h, p.w, cube ? 6 : 4}, uv.options())
-                                           : at::empty({0}, uv.options());
-  at::Tensor grad_bias = (lml && p.bias) ? at::empty({p.N, p.h, p.w}, uv.options()) : at::empty({0}, uv.options());
-  p.grad_uv = grad_uv.numel() ? grad_uv.data_ptr<float>() : nullptr;
-  p.grad_uv_da = grad_uv_da.numel() ? grad_uv_da.data_ptr<float>() : nullptr;
-  p.grad_bias = grad_bias.numel() ? grad_bias.data_ptr<float>() : nullptr;
-  if (deterministic) {
-    const int64_t slots = filter_mode == NVDR_FILTER_NEAREST ? 1 : (filter_mode == NVDR_FILTER_LINEAR_MIP_LINEAR ? 8 : 4);
-    TORCH_CHECK(p.N * p.h * p.w * slots < (int64_t(1) << 31),
-                "texture_bwd(): the deterministic backward handles at most 2^31-1 texel contributions, this call has ",
-                p.N * p.h * p.w * slots, "; turn torch.use_deterministic_algorithms off for it");
-  }
+  auto [grad_uv, grad_uv_da, grad_bias] = param_grads(p, uv, filter_mode, boundary_mode);
+  if (deterministic) check_det_size(p, filter_mode, "texture_bwd");
   Scratch scratch(uv.device());
   NVDR_CUDA_CHECK(texture_bwd_cuda(p, deterministic ? 1 : 0, scratch.handle(), nvdr::current_stream(uv)));
   return {grads, grad_uv, grad_uv_da, grad_bias};
+}
+
+// Backward for a box-filter pyramid built from levels[0] (internal or prebuilt stack): the level
+// gradients land in one padded scratch buffer and are folded into the base texture by the pyramid's
+// adjoint, so only the base gradient is materialized. want_tex = false skips the texel gradients.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> texture_bwd_mip(
+    at::TensorList levels_in, const at::Tensor& uv, const std::optional<at::Tensor>& uv_da,
+    const std::optional<at::Tensor>& bias, const at::Tensor& dy, int64_t filter_mode, int64_t boundary_mode,
+    bool deterministic, bool want_tex) {
+  c10::cuda::CUDAGuard guard(uv.device());
+  std::vector<at::Tensor> levels(levels_in.begin(), levels_in.end());
+  TextureParams p = make_params(levels, uv, uv_da, bias, filter_mode, boundary_mode, "texture_bwd");
+  set_dy(p, dy, uv.device(), "texture_bwd");
+  const at::Tensor& tex = levels[0];
+  const bool cube = boundary_mode == NVDR_BOUNDARY_CUBE;
+  for (int l = 1; l < p.num_levels; ++l) {
+    const int hp = p.level_h[l - 1], wp = p.level_w[l - 1];
+    TORCH_CHECK(p.level_h[l] == (hp > 1 ? hp / 2 : 1) && p.level_w[l] == (wp > 1 ? wp / 2 : 1),
+                "texture_bwd(): mip level ", l, " size ", p.level_w[l], "x", p.level_h[l], " is not half of level ",
+                l - 1, " (", wp, "x", hp, ")");
+  }
+  auto [grad_uv, grad_uv_da, grad_bias] = param_grads(p, uv, filter_mode, boundary_mode);
+  at::Tensor g_tex = at::empty({0}, uv.options());
+  at::Tensor flat;
+  if (want_tex) {
+    p.grad_stride = p.C == 3 ? 4 : p.C;
+    flat = at::empty({p.grad_texels * p.grad_stride}, uv.options());
+    p.grad_flat = flat.data_ptr<float>();
+  } else {
+    p.grad_stride = p.C;
+    p.grad_flat = nullptr;
+  }
+  if (deterministic && want_tex) check_det_size(p, filter_mode, "texture_bwd");
+  Scratch scratch(uv.device());
+  const cudaStream_t stream = nvdr::current_stream(uv);
+  NVDR_CUDA_CHECK(texture_bwd_cuda(p, deterministic ? 1 : 0, scratch.handle(), stream));
+  if (want_tex) {
+    g_tex = at::empty(tex.sizes(), tex.options());
+    MipParams m{};
+    m.num_levels = p.num_levels;
+    m.C = p.C;
+    m.in_stride = p.grad_stride;
+    m.batch = cube ? tex.size(0) * 6 : tex.size(0);
+    for (int l = 0; l < p.num_levels; ++l) {
+      m.in[l] = p.grad_flat + p.level_offset[l] * p.grad_stride;
+      m.h[l] = p.level_h[l];
+      m.w[l] = p.level_w[l];
+    }
+    m.out[0] = g_tex.data_ptr<float>();
+    NVDR_CUDA_CHECK(mip_adjoint_cuda(m, stream));
+  }
+  return {g_tex, grad_uv, grad_uv_da, grad_bias};
 }
 
 at::Tensor texture_fwd_meta(at::TensorList levels, const at::Tensor& uv, const std::optional<at::Tensor>&,
@@ -208,6 +284,7 @@ at::Tensor texture_mip_adjoint(at::TensorList grads, bool cube) {
   MipParams p{};
   p.num_levels = (int)grads.size();
   p.C = g0.size(g0.dim() - 1);
+  p.in_stride = p.C;
   p.batch = cube ? g0.size(0) * 6 : g0.size(0);
   std::vector<at::Tensor> keep;
   for (size_t l = 0; l < grads.size(); ++l) {
@@ -238,6 +315,9 @@ TORCH_LIBRARY_FRAGMENT(nvdiffrast, m) {
   m.def(
       "texture_bwd(Tensor[] levels, Tensor uv, Tensor? uv_da, Tensor? mip_level_bias, Tensor dy, int filter_mode, "
       "int boundary_mode, bool deterministic) -> (Tensor[], Tensor, Tensor, Tensor)");
+  m.def(
+      "texture_bwd_mip(Tensor[] levels, Tensor uv, Tensor? uv_da, Tensor? mip_level_bias, Tensor dy, "
+      "int filter_mode, int boundary_mode, bool deterministic, bool want_tex) -> (Tensor, Tensor, Tensor, Tensor)");
   m.def("texture_mip_build(Tensor tex, int num_levels, bool cube) -> Tensor[]");
   m.def("texture_mip_adjoint(Tensor[] grads, bool cube) -> Tensor");
 }
@@ -245,6 +325,7 @@ TORCH_LIBRARY_FRAGMENT(nvdiffrast, m) {
 TORCH_LIBRARY_IMPL(nvdiffrast, CUDA, m) {
   m.impl("texture_fwd", &texture_fwd);
   m.impl("texture_bwd", &texture_bwd);
+  m.impl("texture_bwd_mip", &texture_bwd_mip);
   m.impl("texture_mip_build", &texture_mip_build);
   m.impl("texture_mip_adjoint", &texture_mip_adjoint);
 }

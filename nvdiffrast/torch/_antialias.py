@@ -68,8 +68,9 @@ class _AntialiasFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, dy: Tensor) -> tuple[Optional[Tensor], ...]:  # type: ignore[override]
         color, rast, pos, tri = ctx.saved_tensors
+        # The CUDA kernels read a strided dy in place (the gradient of out.sum() is an expanded view).
         g_color, g_pos = backend_for(color).antialias_bwd(
-            color, rast, pos, tri, dy.contiguous(), ctx.work, ctx.topology.impl, ctx.boost
+            color, rast, pos, tri, dy if dy.is_cuda else dy.contiguous(), ctx.work, ctx.topology.impl, ctx.boost
         )
         return (
             g_color if ctx.needs_input_grad[0] else None,

@@ -74,9 +74,11 @@ class _InterpolateFunction(torch.autograd.Function):
     def backward(ctx: Any, dy: Tensor, dda: Tensor) -> tuple[Optional[Tensor], ...]:  # type: ignore[override]
         attr, rast, tri, rast_db = ctx.saved_tensors
         diff_idx = ctx.diff_idx
-        dda_in = dda.contiguous() if diff_idx is not None else None
+        # The CUDA kernels read strided gradients in place (the gradient of out.sum() is an expanded view).
+        dense = not attr.is_cuda
+        dda_in = (dda.contiguous() if dense else dda) if diff_idx is not None else None
         g_attr, g_rast, g_db = backend_for(attr).interpolate_bwd(
-            attr, rast, tri, dy.contiguous(), rast_db, dda_in, diff_idx
+            attr, rast, tri, dy.contiguous() if dense else dy, rast_db, dda_in, diff_idx
         )
         return (
             g_attr if ctx.needs_input_grad[0] else None,

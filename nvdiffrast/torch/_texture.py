@@ -130,6 +130,21 @@ def _check_custom_levels(mip: list, tex: Tensor, cube: bool) -> list[Tensor]:
     return list(mip)
 
 
+def _cuda_texture():  # noqa: ANN202 - module
+    from ._cuda import texture as cuda_texture
+
+    return cuda_texture
+
+
+def _build_levels(tex: Tensor, sizes: list[tuple[int, int]], cube: bool) -> list[Tensor]:
+    """Levels 1..len(sizes) of ``tex``: one GPU op for CUDA tensors, plain PyTorch elsewhere."""
+    if not sizes:
+        return []
+    if tex.is_cuda:
+        return _cuda_texture().mip_build(tex, len(sizes), cube)
+    return _mip.build_mip_levels(tex, sizes)
+
+
 # ------------------------------------------------------------------------------------- autograd
 class _TextureFunction(torch.autograd.Function):
     @staticmethod
@@ -146,9 +161,14 @@ class _TextureFunction(torch.autograd.Function):
     def backward(ctx, dy: Tensor):
         tex, uv, uv_da, bias, *mips = ctx.saved_tensors
         filter_mode, boundary_mode, stack_kind = ctx.modes
+        if uv.is_cuda and stack_kind != "custom":
+            # Level gradients are folded into tex on the GPU in the same call (no per-level tensors).
+            g_tex, g_uv, g_uv_da, g_bias = _cuda_texture().texture_bwd_mip(
+                [tex, *mips], uv, uv_da, bias, dy, filter_mode, boundary_mode, ctx.needs_input_grad[3])
+            return (None, None, None, g_tex, g_uv, g_uv_da, g_bias, *([None] * len(mips)))
         backend = backend_for(uv)
         level_grads, g_uv, g_uv_da, g_bias = backend.texture_bwd(
-            [tex, *mips], uv, uv_da, bias, dy.contiguous(), filter_mode, boundary_mode)
+            [tex, *mips], uv, uv_da, bias, dy if dy.is_cuda else dy.contiguous(), filter_mode, boundary_mode)
         if stack_kind == "custom":
             g_tex = level_grads[0]
             g_mips = list(level_grads[1:])
@@ -265,7 +285,7 @@ def texture(
             th, tw = _tex_hw(tex, cube)
             sizes = _mip.mip_level_sizes(tw, th, max_mip_level)
             with torch.no_grad():
-                mips = _mip.build_mip_levels(tex.detach(), sizes)
+                mips = _build_levels(tex.detach(), sizes, cube)
     return _TextureFunction.apply(filter_mode, boundary_mode, stack_kind, tex, uv, uv_da, mip_level_bias, *mips)
 
 
@@ -293,7 +313,7 @@ def texture_construct_mip(tex: Tensor, max_mip_level: Optional[int] = None,
     th, tw = _tex_hw(tex, cube_mode)
     sizes = _mip.mip_level_sizes(tw, th, max_mip_level)
     with torch.no_grad():
-        levels = _mip.build_mip_levels(tex.detach(), sizes)
+        levels = _build_levels(tex.detach(), sizes, cube_mode)
     return TextureMipWrapper(levels, tuple(tex.shape), cube_mode, max_mip_level)
 
 

@@ -898,6 +898,109 @@ def test_math_constants():
     assert math.isclose(encode_ids(torch.tensor([2**24 + 1]))[0].item(), 16777218.0)
 
 
+# ------------------------------------------------------------------------ strided gradients, fused mips
+
+
+def _expanded_and_strided(x):
+    """An expanded (all-zero-stride) and a transposed (non-contiguous) view with the values of ``x``."""
+    one = torch.randn((), device=x.device)
+    expanded = one.expand(x.shape)
+    strided = x.transpose(1, 2).contiguous().transpose(1, 2)
+    assert not strided.is_contiguous()
+    return expanded, strided
+
+
+def test_strided_dy_is_read_in_place():
+    """Every backward reads expanded and transposed incoming gradients as their dense copies."""
+    attr, rast, tri, db = _interp_case((12, 8), [0, 1, 2, 3, 4, 5, 6, 7])
+    attr, rast, tri, db = attr.to(DEV), rast.to(DEV), tri.to(DEV), db.to(DEV)
+    idx = list(range(8))
+    out, da = cu_ip.interpolate_fwd(attr, rast, tri, db, idx)
+    dy = torch.randn_like(out)
+    dda = torch.randn_like(da)
+    for a, b in zip(_expanded_and_strided(dy), _expanded_and_strided(dda)):
+        got = cu_ip.interpolate_bwd(attr, rast, tri, a, db, b, idx)
+        want = cu_ip.interpolate_bwd(attr, rast, tri, a.contiguous(), db, b.contiguous(), idx)
+        for x, y in zip(got, want):
+            torch.testing.assert_close(x, y, atol=1e-5, rtol=1e-5)
+
+    g = torch.Generator().manual_seed(31)
+    tex = torch.rand(2, 16, 16, 3, generator=g).to(DEV)
+    levels = [tex, *cu_tex.mip_build(tex, 4, False)]
+    uv = torch.rand(2, 5, 7, 2, generator=g).to(DEV) * 3 - 1
+    uv_da = (torch.randn(2, 5, 7, 4, generator=g) * 0.1).to(DEV)
+    dy = torch.randn(2, 5, 7, 3, generator=g).to(DEV)
+    for a in _expanded_and_strided(dy):
+        got = cu_tex.texture_bwd(levels, uv, uv_da, None, a, "linear-mipmap-linear", "wrap")
+        want = cu_tex.texture_bwd(levels, uv, uv_da, None, a.contiguous(), "linear-mipmap-linear", "wrap")
+        for x, y in zip(got[0], want[0]):
+            torch.testing.assert_close(x, y, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(got[1], want[1], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(got[2], want[2], atol=1e-5, rtol=1e-5)
+
+    pos, tri, color, rast = aa_scene()
+    topo = cu_aa.antialias_topology_hash(tri)
+    _, work = cu_aa.antialias_fwd(color, rast, pos, tri, topo)
+    for a in _expanded_and_strided(torch.randn_like(color)):
+        got = cu_aa.antialias_bwd(color, rast, pos, tri, a, work, topo, 1.0)
+        want = cu_aa.antialias_bwd(color, rast, pos, tri, a.contiguous(), None, topo, 1.0)
+        torch.testing.assert_close(got[0], want[0], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(got[1], want[1], atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("channels", [1, 2, 3, 4, 5])
+@pytest.mark.parametrize("cube", [False, True])
+@pytest.mark.parametrize("det", [False, True])
+def test_fused_mip_backward_matches_levels_then_adjoint(channels, cube, det):
+    """texture_bwd_mip (padded level gradients, folded on the GPU) equals texture_bwd + the adjoint."""
+    torch.use_deterministic_algorithms(det)
+    g = torch.Generator().manual_seed(32 + channels)
+    shape = (2, 6, 16, 16, channels) if cube else (2, 16, 32, channels)
+    tex = torch.rand(*shape, generator=g).to(DEV)
+    levels = [tex, *cu_tex.mip_build(tex, 4, cube)]
+    nuv, nda = (3, 6) if cube else (2, 4)
+    uv = (torch.rand(2, 9, 11, nuv, generator=g) * 2 - 1).to(DEV)
+    uv_da = (torch.randn(2, 9, 11, nda, generator=g) * 0.2).to(DEV)
+    bias = torch.randn(2, 9, 11, generator=g).to(DEV)
+    dy = torch.randn(2, 9, 11, channels, generator=g).to(DEV)
+    b = "cube" if cube else "wrap"
+    for f in ("linear", "linear-mipmap-nearest", "linear-mipmap-linear"):
+        lv = levels if f != "linear" else levels[:1]
+        gl, guv, gda, gb = cu_tex.texture_bwd(lv, uv, uv_da, bias, dy, f, b)
+        want = cu_tex.mip_adjoint(gl, cube)
+        g_tex, guv2, gda2, gb2 = cu_tex.texture_bwd_mip(lv, uv, uv_da, bias, dy, f, b, True)
+        torch.testing.assert_close(g_tex, want, atol=1e-5, rtol=1e-5)
+        for x, y in ((guv, guv2), (gda, gda2), (gb, gb2)):
+            assert (x is None) == (y is None)
+            if x is not None:
+                torch.testing.assert_close(x, y, atol=1e-5, rtol=1e-5)
+        none_tex, guv3, _, _ = cu_tex.texture_bwd_mip(lv, uv, uv_da, bias, dy, f, b, False)
+        assert none_tex is None
+        torch.testing.assert_close(guv3, guv2, atol=1e-5, rtol=1e-5)
+
+
+def test_antialias_compacted_items_match_full_pass():
+    """The compacted forward (pairs with different ids only) equals the per-pixel evaluation, and the
+    backward from its item list equals the backward that evaluates every pixel again."""
+    pos, tri, color, rast = aa_scene(n=3, h=40, w=56, seed=5)
+    topo = cu_aa.antialias_topology_hash(tri)
+    out, (weights, items) = cu_aa.antialias_fwd(color, rast, pos, tri, topo)
+    assert items.dtype == torch.int32 and items.numel() == 1 + 2 * color.shape[0] * 40 * 56
+    assert 0 < int(items[0]) <= 2 * color.shape[0] * 40 * 56
+    ref = aa_oracle(color.cpu(), rast.cpu(), pos.cpu(), tri.cpu())
+    torch.testing.assert_close(out.cpu().double(), ref, atol=1e-4, rtol=1e-4)
+    dy = torch.randn_like(color)
+    a = cu_aa.antialias_bwd(color, rast, pos, tri, dy, (weights, items), topo, 1.0)
+    b = cu_aa.antialias_bwd(color, rast, pos, tri, dy, weights, topo, 1.0)
+    c = cu_aa.antialias_bwd(color, rast, pos, tri, dy, None, topo, 1.0)
+    torch.testing.assert_close(a[0], c[0], atol=0, rtol=0)
+    torch.testing.assert_close(b[0], c[0], atol=0, rtol=0)
+    # Position gradients are float atomics summed in another order: equal up to rounding.
+    scale = float(c[1].abs().max()) + 1e-6
+    torch.testing.assert_close(a[1], c[1], atol=1e-5 * scale, rtol=1e-4)
+    torch.testing.assert_close(b[1], c[1], atol=1e-5 * scale, rtol=1e-4)
+
+
 # ------------------------------------------------------------------------------------------- profiling
 
 

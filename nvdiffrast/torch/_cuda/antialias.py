@@ -21,13 +21,14 @@ def antialias_topology_hash(tri: Tensor) -> Any:
 
 
 def antialias_fwd(color: Tensor, rast: Tensor, pos: Tensor, tri: Tensor, topology: Any) -> tuple[Tensor, Any]:
-    """Blend pixels along silhouette edges; returns (out, work). ``work`` ([N, H, W, 2] float32) holds the
-    signed blend weight of the item each pixel forms with its right and its upper neighbour (2.0 where
-    there is none); the backward reuses it."""
+    """Blend pixels along silhouette edges; returns (out, work). ``work`` is the pair (weights, items):
+    weights ([N, H, W, 2] float32) holds the signed blend weight of the item each pixel forms with its
+    right and its upper neighbour (2.0 where there is none), items (int32) the count and codes of the
+    items with a position gradient; the backward reuses both."""
     if topology is None:
         topology = antialias_topology_hash(tri)
-    out, work = _ops().antialias_fwd(color, rast, pos, tri, topology)
-    return out, work
+    out, weights, items = _ops().antialias_fwd(color, rast, pos, tri, topology)
+    return out, (weights, items)
 
 
 def antialias_bwd(
@@ -46,8 +47,12 @@ def antialias_bwd(
     if topology is None:
         topology = antialias_topology_hash(tri)
     det = torch.are_deterministic_algorithms_enabled()
-    saved = work if isinstance(work, Tensor) else None  # anything else: the items are evaluated again
+    # (weights, items) from antialias_fwd, or weights alone; anything else: the items are evaluated again.
+    weights, items = work if isinstance(work, tuple) and len(work) == 2 else (work, None)
+    weights = weights if isinstance(weights, Tensor) else None
+    items = items if isinstance(items, Tensor) else None
+    # dy is read with its strides (an expanded gradient needs no copy).
     g_color, g_pos = _ops().antialias_bwd(
-        color, rast, pos, tri, dy.contiguous(), saved, topology, float(pos_gradient_boost), det
+        color, rast, pos, tri, dy, weights, items, topology, float(pos_gradient_boost), det
     )
     return g_color, g_pos

@@ -40,12 +40,13 @@ def interpolate_bwd(
 ) -> tuple[Tensor, Tensor, Optional[Tensor]]:
     """Gradients w.r.t. attr, rast (channels 2 and 3 zero) and rast_db (None without derivatives).
 
-    Under ``torch.use_deterministic_algorithms(True)`` the attribute gradient is summed in a fixed order."""
+    Under ``torch.use_deterministic_algorithms(True)`` the attribute gradient is summed in a fixed order.
+    ``dy`` and ``dda`` are read with their strides (expanded gradients need no copy)."""
     idx = None if diff_idx is None else [int(i) for i in diff_idx]
     det = torch.are_deterministic_algorithms_enabled()
     want_db = idx is not None and rast_db is not None
     g_attr, g_rast, g_db = _ops().interpolate_bwd(
-        attr, rast, tri, dy.contiguous(), rast_db if want_db else None,
-        None if (dda is None or not idx) else dda.contiguous(), idx if want_db else None, det,
+        attr, rast, tri, dy, rast_db if want_db else None,
+        None if (dda is None or not idx) else dda, idx if want_db else None, det,
     )
     return g_attr, g_rast, (g_db if want_db else None)

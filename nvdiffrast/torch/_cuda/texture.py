@@ -54,13 +54,38 @@ def texture_bwd(
     Under ``torch.use_deterministic_algorithms(True)`` texel gradients are summed in a fixed order."""
     f, b = _codes(filter_mode, boundary_mode)
     det = torch.are_deterministic_algorithms_enabled()
-    grads, g_uv, g_da, g_bias = _ops().texture_bwd(
-        list(levels), uv, uv_da, mip_level_bias, dy.contiguous(), f, b, det
-    )
+    # dy is read with its strides (an expanded gradient needs no copy).
+    grads, g_uv, g_da, g_bias = _ops().texture_bwd(list(levels), uv, uv_da, mip_level_bias, dy, f, b, det)
     lml = f == _FILTER["linear-mipmap-linear"]
     return (
         list(grads),
         None if f == _FILTER["nearest"] else g_uv,
+        g_da if (lml and uv_da is not None) else None,
+        g_bias if (lml and mip_level_bias is not None) else None,
+    )
+
+
+def texture_bwd_mip(
+    levels: Sequence[Tensor],
+    uv: Tensor,
+    uv_da: Optional[Tensor],
+    mip_level_bias: Optional[Tensor],
+    dy: Tensor,
+    filter_mode: str,
+    boundary_mode: str,
+    want_tex: bool,
+) -> tuple[Optional[Tensor], Optional[Tensor], Optional[Tensor], Optional[Tensor]]:
+    """Like :func:`texture_bwd` for a box-filter pyramid of ``levels[0]`` (internal or prebuilt stack):
+    the level gradients are folded into the base texture on the GPU, so the first result is the gradient
+    of ``levels[0]`` (None when ``want_tex`` is False)."""
+    f, b = _codes(filter_mode, boundary_mode)
+    det = torch.are_deterministic_algorithms_enabled()
+    g_tex, g_uv, g_da, g_bias = _ops().texture_bwd_mip(
+        list(levels), uv, uv_da, mip_level_bias, dy, f, b, det, bool(want_tex))
+    lml = f == 3
+    return (
+        g_tex if want_tex else None,
+        None if f == 0 else g_uv,
         g_da if (lml and uv_da is not None) else None,
         g_bias if (lml and mip_level_bias is not None) else None,
     )
