@@ -82,6 +82,8 @@ if "MAX_JOBS" not in os.environ:
 
 
 def _git_commit() -> str:
+    if os.environ.get("NVDIFFRAST_GIT_COMMIT"):  # set by `ci build` when it builds from a source snapshot
+        return os.environ["NVDIFFRAST_GIT_COMMIT"]
     try:
         out = subprocess.check_output(["git", "rev-parse", "HEAD"], cwd=HERE, stderr=subprocess.DEVNULL)
         return out.decode().strip()

@@ -405,6 +405,9 @@ def build_here(variant: str, out_dir: Path, arch_list: str | None) -> Path:
         shutil.copytree(REPO, src, symlinks=True, ignore=shutil.ignore_patterns(
             ".git", "build", "dist", "wheelhouse", "*.so", "*.pyd", "__pycache__"))
     env = dict(os.environ, NVDIFFRAST_LOCAL_LABEL=variant, NVDIFFRAST_VARIANT=variant)
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True)
+    if commit.returncode == 0:  # the snapshot has no .git: hand the commit to setup.py's build info
+        env.setdefault("NVDIFFRAST_GIT_COMMIT", commit.stdout.strip())
     if arch_list:
         env["TORCH_CUDA_ARCH_LIST"] = arch_list
     before = set(out_dir.glob("nvdiffrast-*.whl"))
