@@ -2,12 +2,13 @@
 
 Usage (on a GPU machine, with this checkout built in place or installed)::
 
-    python benchmarks/bench.py [--out DIR] [--quick] [--iters N] [--ops rasterize_fwd,...]
+    python benchmarks/bench.py [--ctx cuda|gl] [--out DIR] [--quick] [--iters N] [--ops rasterize_fwd,...]
                                [--workloads small_5k_512_b1,...]
 
 Workloads, scenes and timing come from ``bench_api.py`` (a copy of ``../shared/bench/bench_api.py``).
 Each (workload, op) line prints our median time, upstream nvdiffrast 0.4.0's median on the same
-card model (``upstream-h100.json`` / ``upstream-h200.json``, picked by the GPU's name), and the
+card model (with ``--ctx gl``: upstream 0.3.5's OpenGL rasterizer; the other ops then run on our CUDA
+backend as upstream's did) (``upstream-h100.json`` / ``upstream-h200.json``, picked by the GPU's name), and the
 ratio ours ÷ upstream (below 1 = faster). An op that raises is reported as an error and the rest
 still run, so a partly finished backend can be measured.
 """
@@ -33,13 +34,17 @@ OPS = ["rasterize_fwd", "rasterize_fwd_bwd", "interpolate_fwd_bwd", "texture_mip
 EXTRA_OPS = ["rasterize_fwd_native"]
 
 
-def upstream_table(gpu_name: str) -> tuple[Optional[str], dict[str, float]]:
-    """Upstream CUDA 0.4.0 figures for the card model in ``gpu_name`` (H100 or H200), else empty."""
+UPSTREAM_KEY = {"cuda": "cuda_0.4.0", "gl": "gl_0.3.5"}
+
+
+def upstream_table(gpu_name: str, ctx: str = "cuda") -> tuple[Optional[str], dict[str, float]]:
+    """Upstream figures for the card model in ``gpu_name`` (H100 or H200), else empty: the 0.4.0 CUDA
+    rasterizer for ``ctx='cuda'``, the 0.3.5 OpenGL rasterizer for ``ctx='gl'``."""
     for tag in ("H200", "H100"):
         if tag in gpu_name.upper():
             path = os.path.join(HERE, f"upstream-{tag.lower()}.json")
             with open(path) as fh:
-                return os.path.basename(path), json.load(fh)["cuda_0.4.0"]
+                return os.path.basename(path), json.load(fh)[UPSTREAM_KEY[ctx]]
     return None, {}
 
 
@@ -107,9 +112,9 @@ def main() -> int:
 
     import nvdiffrast.torch as dr
 
-    ctx = dr.RasterizeCudaContext()
+    ctx = dr.RasterizeCudaContext() if a.ctx == "cuda" else dr.RasterizeGLContext()
     gpu = torch.cuda.get_device_name()
-    src, upstream = upstream_table(gpu)
+    src, upstream = upstream_table(gpu, a.ctx)
     ops = [o for o in a.ops.split(",") if o] or OPS
     unknown = set(ops) - set(OPS) - set(EXTRA_OPS)
     if unknown:
@@ -120,7 +125,8 @@ def main() -> int:
         workloads = [w for w in bench_api.WORKLOADS if w[0] in wanted]
     iters = a.iters or (5 if a.quick else 20)
 
-    print(f"# ours vs upstream nvdiffrast 0.4.0 (CUDA) — gpu={gpu} torch={torch.__version__} "
+    label = "0.4.0 (CUDA)" if a.ctx == "cuda" else "0.3.5 (OpenGL)"
+    print(f"# ours ({a.ctx}) vs upstream nvdiffrast {label} — gpu={gpu} torch={torch.__version__} "
           f"upstream={src or 'n/a (no figures for this card)'}")
     print(f"{'workload':22s} {'op':22s} {'ours ms':>9s} {'upstream':>9s} {'ratio':>7s}")
     rows = []
@@ -143,8 +149,9 @@ def main() -> int:
         del fns
         torch.cuda.empty_cache()
     os.makedirs(a.out, exist_ok=True)
-    with open(os.path.join(a.out, "bench_ours.json"), "w") as fh:
-        json.dump({"gpu": gpu, "torch": torch.__version__, "upstream_file": src, "results": rows}, fh, indent=1)
+    with open(os.path.join(a.out, f"bench_ours_{a.ctx}.json"), "w") as fh:
+        json.dump({"gpu": gpu, "torch": torch.__version__, "ctx": a.ctx, "upstream_file": src, "results": rows},
+                  fh, indent=1)
     return 1 if any(r["error"] for r in rows) else 0
 
 
