@@ -582,9 +582,11 @@ __device__ __forceinline__ unsigned warp_or(unsigned v) {
 
 // PARAMS / SCATTER select the halves (uv / uv_da / bias gradients, texel gradients); without texel
 // gradients wanted only the first runs.
-// Three blocks per SM for the 2-D variants (register cap 85): occupancy matters more than a few spills.
+// Occupancy matters more than a few spills: four blocks per SM for the 2-D variant with texel gradients
+// (register cap 64; measured faster than three on H200 for the mid, big and hires benchmark workloads),
+// three for the 2-D variant without (register cap 85).
 template <bool PARAMS, bool SCATTER, bool CUBE>
-__global__ void __launch_bounds__(kBlock, CUBE ? 1 : 3) texture_bwd_warp_kernel(const __grid_constant__ TextureParams p) {
+__global__ void __launch_bounds__(kBlock, CUBE ? 1 : (SCATTER ? 4 : 3)) texture_bwd_warp_kernel(const __grid_constant__ TextureParams p) {
   const int64_t total = p.N * p.h * p.w;
   const int64_t C = p.C;
   const int lane = threadIdx.x & 31;

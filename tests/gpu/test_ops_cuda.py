@@ -1001,6 +1001,34 @@ def test_antialias_compacted_items_match_full_pass():
     torch.testing.assert_close(b[1], c[1], atol=1e-5 * scale, rtol=1e-4)
 
 
+# ------------------------------------------------------------------------------ fused mip build
+
+
+@pytest.mark.parametrize("shape,cube,levels", [
+    ((2, 1024, 1024, 3), False, None),   # two-level launches, then the tail
+    ((1, 256, 64, 3), False, None),      # non-square: the short side reaches 1 in the tail
+    ((1, 4096, 2, 2), False, None),      # a side of 1 inside the two-level launches
+    ((3, 128, 128, 5), False, 1),        # one level only (single-level launch)
+    ((2, 256, 256, 4), False, 3),        # odd number of large levels
+    ((1, 6, 128, 128, 4), True, None),   # cube faces
+])
+def test_mip_build_fused_launches_match_torch(shape, cube, levels):
+    """The fused pyramid launches (two levels per launch, one launch for the small tail) give the
+    per-level box means of ``_mip`` for every level."""
+    from nvdiffrast.torch import _mip
+
+    g = torch.Generator().manual_seed(7)
+    tex = torch.randn(*shape, generator=g).to(DEV)
+    hh, ww = (shape[2], shape[3]) if cube else (shape[1], shape[2])
+    sizes = _mip.mip_level_sizes(ww, hh, levels)
+    want = _mip.build_mip_levels(tex, sizes)
+    got = cu_tex.mip_build(tex, len(sizes), cube)
+    assert len(got) == len(want) == len(sizes)
+    for a, b in zip(got, want):
+        assert a.shape == b.shape
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+
+
 # ------------------------------------------------------------------------------------------- profiling
 
 

@@ -94,7 +94,8 @@ def texture_bwd_mip(
 def mip_build(tex: Tensor, num_levels: int, cube: bool) -> list[Tensor]:
     """Box-filter mip levels 1..``num_levels`` of ``tex`` on the GPU (the sizes of ``_mip.mip_level_sizes``).
 
-    A drop-in for ``_mip.build_mip_levels`` on CUDA tensors: one small kernel per level."""
+    A drop-in for ``_mip.build_mip_levels`` on CUDA tensors (the 2x2 means of the per-level kernel): two levels
+    per launch while the levels are large, then the small tail of the pyramid in one launch."""
     return list(_ops().texture_mip_build(tex, int(num_levels), bool(cube)))
 
 
