@@ -103,7 +103,9 @@ def make_ops(dr: Any, ctx: Any, sd: int, batch: int, res: int) -> dict[str, Call
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", default=".", help="directory for bench_ours.json")
+    ap.add_argument("--ctx", choices=("cuda", "gl"), default="cuda",
+                    help="rasterizer context; gl compares with upstream 0.3.5's OpenGL figures")
+    ap.add_argument("--out", default=".", help="directory for bench_ours_<ctx>.json")
     ap.add_argument("--quick", action="store_true", help="first two workloads, 5 iterations")
     ap.add_argument("--iters", type=int, default=0, help="timed iterations (default 20, 5 with --quick)")
     ap.add_argument("--ops", default="", help="comma-separated subset of: " + ", ".join(OPS + EXTRA_OPS))
