@@ -66,28 +66,47 @@ def _variant_for(torch_version: str, torch_cuda: Optional[str]) -> str:
     return f"pt{mm[0]}{mm[1]}{cu}"
 
 
-def driver_version() -> Optional[int]:
-    """The CUDA driver's version (e.g. 13000) read through the driver library, or None."""
+def _driver_lib() -> Optional[ctypes.CDLL]:
     names = ["nvcuda.dll"] if sys.platform == "win32" else ["libcuda.so.1", "libcuda.so"]
     for name in names:
         try:
-            lib = ctypes.CDLL(name)
+            return ctypes.CDLL(name)
         except OSError:
             continue
-        v = ctypes.c_int(0)
-        try:
-            if lib.cuDriverGetVersion(ctypes.byref(v)) == 0:
-                return v.value
-        except AttributeError:
-            pass
     return None
+
+
+def driver_version() -> Optional[int]:
+    """The CUDA driver's version (e.g. 13000) read through the driver library, or None."""
+    lib = _driver_lib()
+    v = ctypes.c_int(0)
+    try:
+        if lib is not None and lib.cuDriverGetVersion(ctypes.byref(v)) == 0:
+            return v.value
+    except AttributeError:
+        pass
+    return None
+
+
+def driver_gpu_count() -> int:
+    """GPUs the driver itself sees (cuInit + cuDeviceGetCount), independent of the CUDA runtime's
+    version: a driver too old for torch's runtime still counts its GPUs here. 0 without a driver."""
+    lib = _driver_lib()
+    n = ctypes.c_int(0)
+    try:
+        if lib is None or lib.cuInit(0) != 0 or lib.cuDeviceGetCount(ctypes.byref(n)) != 0:
+            return 0
+    except AttributeError:
+        return 0
+    return n.value
 
 
 def runtime_facts() -> RuntimeFacts:
     import torch
 
     gpus: list[tuple[str, tuple[int, int]]] = []
-    drv = driver_version()
+    # A driver library without any GPU (e.g. a CUDA toolkit package on a CPU machine) is no driver.
+    drv = driver_version() if driver_gpu_count() > 0 else None
     if torch.version.cuda and drv is not None:
         try:
             for i in range(torch.cuda.device_count()):

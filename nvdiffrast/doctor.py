@@ -112,8 +112,14 @@ def main(argv: Optional[list[str]] = None) -> int:
     from nvdiffrast import _loader, build_info
 
     drv = _loader.driver_version()
-    rep.add(OK if drv else WARN, "NVIDIA driver",
-            f"supports CUDA {drv // 1000}.{(drv % 1000) // 10}" if drv else "not found (CPU tensors only)")
+    n_drv = _loader.driver_gpu_count()
+    if drv and n_drv:
+        rep.add(OK, "NVIDIA driver", f"supports CUDA {drv // 1000}.{(drv % 1000) // 10}; {n_drv} GPU(s)")
+    elif drv:
+        rep.add(WARN, "NVIDIA driver", "the driver library is installed but sees no GPU (CPU tensors only)")
+        drv = None
+    else:
+        rep.add(WARN, "NVIDIA driver", "not found (CPU tensors only)")
     gpus: list[tuple[str, tuple[int, int]]] = []
     if drv and torch.cuda.is_available():
         for i in range(torch.cuda.device_count()):
