@@ -132,3 +132,12 @@ def test_missing_native_module_is_explained(tmp_path: Path) -> None:
     os.remove(pkg / Path(_loader.module_path("_C")).name)
     r = _import_in(tmp_path)
     assert "ImportError" in r.stderr and "nvdiffrast._C is not in the installation" in r.stderr
+
+
+def test_driver_library_without_gpu_counts_as_no_driver(monkeypatch) -> None:
+    # e.g. a CUDA toolkit package pulled libcuda.so.1 onto a CPU-only machine: CPU use must still import
+    monkeypatch.setattr(_loader, "driver_version", lambda: 12020)
+    monkeypatch.setattr(_loader, "driver_gpu_count", lambda: 0)
+    facts = _loader.runtime_facts()
+    assert facts.driver_version is None and facts.gpus == []
+    assert not [e for e in _errors(diagnose(INFO, facts)) if "driver" in e]
