@@ -1,5 +1,6 @@
 // Mip pyramid kernels (see mip.h).
 #include "mip.h"
+#include "cuda_compat.cuh"
 
 namespace {
 
@@ -83,7 +84,7 @@ __global__ void mip_two_levels_kernel(const float* __restrict__ src, float* __re
 
 // The small tail of the pyramid: one block per image builds levels first..num_levels-1 one after the
 // other (the block's own global writes are visible to it after __syncthreads).
-__global__ void mip_tail_kernel(const __grid_constant__ MipParams p, int first) {
+__global__ void mip_tail_kernel(const NVDR_GRID_CONSTANT MipParams p, int first) {
   const int64_t C = p.C;
   for (int64_t b = blockIdx.x; b < p.batch; b += gridDim.x) {
     for (int l = first; l < p.num_levels; ++l) {
@@ -103,7 +104,7 @@ __global__ void mip_tail_kernel(const __grid_constant__ MipParams p, int first) 
 }
 
 // One thread per base texel (all channels); level coordinates by shifts (sizes halve level to level).
-__global__ void mip_adjoint_kernel(const __grid_constant__ MipParams p) {
+__global__ void mip_adjoint_kernel(const NVDR_GRID_CONSTANT MipParams p) {
   const int64_t H0 = p.h[0], W0 = p.w[0], C = p.C, S = p.in_stride;
   const int64_t rows = p.batch * H0;
   for (int64_t r = blockIdx.y; r < rows; r += gridDim.y) {

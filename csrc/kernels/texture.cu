@@ -5,6 +5,7 @@
 // that are sorted by texel and summed in a fixed order.
 #include <math.h>
 
+#include "cuda_compat.cuh"
 #include "texture.h"
 
 namespace {
@@ -319,7 +320,7 @@ __device__ __forceinline__ void grad_weights(const Foot& ft, float gw[4]) {
 }
 
 template <bool CUBE>
-__global__ void texture_fwd_kernel(const __grid_constant__ TextureParams p) {
+__global__ void texture_fwd_kernel(const NVDR_GRID_CONSTANT TextureParams p) {
   const int64_t total = p.N * p.h * p.w;
   const int64_t C = p.C;
   for (int64_t pix = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; pix < total;
@@ -543,7 +544,7 @@ __device__ __forceinline__ void write_param_grads(const TextureParams& p, int64_
 // Deterministic backward, pass 1: one thread per pixel writes its (texel, weight) entries in a fixed
 // slot order and its uv / uv_da / bias gradients.
 template <bool CUBE>
-__global__ void texture_bwd_det_kernel(const __grid_constant__ TextureParams p, uint64_t* det_keys, float* det_w,
+__global__ void texture_bwd_det_kernel(const NVDR_GRID_CONSTANT TextureParams p, uint64_t* det_keys, float* det_w,
                                        int slots) {
   const int64_t total = p.N * p.h * p.w;
   for (int64_t pix = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; pix < total;
@@ -586,7 +587,7 @@ __device__ __forceinline__ unsigned warp_or(unsigned v) {
 // (register cap 64; measured faster than three on H200 for the mid, big and hires benchmark workloads),
 // three for the 2-D variant without (register cap 85).
 template <bool PARAMS, bool SCATTER, bool CUBE>
-__global__ void __launch_bounds__(kBlock, CUBE ? 1 : (SCATTER ? 4 : 3)) texture_bwd_warp_kernel(const __grid_constant__ TextureParams p) {
+__global__ void __launch_bounds__(kBlock, CUBE ? 1 : (SCATTER ? 4 : 3)) texture_bwd_warp_kernel(const NVDR_GRID_CONSTANT TextureParams p) {
   const int64_t total = p.N * p.h * p.w;
   const int64_t C = p.C;
   const int lane = threadIdx.x & 31;
@@ -655,7 +656,9 @@ __global__ void __launch_bounds__(kBlock, CUBE ? 1 : (SCATTER ? 4 : 3)) texture_
         }
         if (head && key >= 0) {
           float* dst = p.grad_flat + key * p.grad_stride;
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+// Vector float atomics exist on sm_90 from CUDA 12.1 on; older toolkits (our cu118 builds) use scalars.
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900 && \
+    (__CUDACC_VER_MAJOR__ > 12 || (__CUDACC_VER_MAJOR__ == 12 && __CUDACC_VER_MINOR__ >= 1))
           if (p.grad_stride == 4) {
             atomicAdd(reinterpret_cast<float4*>(dst), make_float4(v[0], v[1], v[2], v[3]));
             continue;
@@ -687,7 +690,7 @@ __global__ void __launch_bounds__(kBlock, CUBE ? 1 : (SCATTER ? 4 : 3)) texture_
 }
 
 // Deterministic texel reduction: one warp per texel, lanes over channels, entries in sorted order.
-__global__ void texture_det_reduce_kernel(const __grid_constant__ TextureParams p, NvdrSortedSegments s, const float* det_w, int slots) {
+__global__ void texture_det_reduce_kernel(const NVDR_GRID_CONSTANT TextureParams p, NvdrSortedSegments s, const float* det_w, int slots) {
   const int lane = threadIdx.x & 31;
   const int64_t warp = (blockIdx.x * (int64_t)blockDim.x + threadIdx.x) >> 5;
   const int64_t nwarps = ((int64_t)gridDim.x * blockDim.x) >> 5;
