@@ -274,7 +274,7 @@ def build_variant(variant_name: str, out_dir: Path, python: str | None = None, t
         env.pop("CUDA_PATH", None)
         env.setdefault("MAX_JOBS", str(jobs_for_memory()))
         ccache = _ccache_env(env, tk.nvcc, src)
-        log(f"MAX_JOBS={env['MAX_JOBS']}; ccache {'on (' + ccache + ')' if ccache else 'not installed'}")
+        log(f"MAX_JOBS={env['MAX_JOBS']}; ccache " + (f"on ({ccache})" if ccache else "off (absent or disabled)"))
         before = set(out_dir.glob("nvdiffrast-*.whl"))
         with Timer() as t_build:
             proc = sh([str(py), "-m", "build", "--no-isolation", "--wheel", "--outdir", str(out_dir), str(src)],
