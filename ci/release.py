@@ -55,6 +55,19 @@ class Progress:
         print(f"{self.bar()}  {variant:<12} {stage:<9} {outcome}  ({el:.0f} s elapsed)", flush=True)
 
 
+def _torch_python(explicit: str | None, variant: str) -> str | None:
+    """Interpreter whose torch validation and the install check reuse: --torch-python, else this one if it
+    has torch, else the build venv `ci build` made for the variant (it holds exactly the variant's torch)."""
+    if explicit:
+        return explicit
+    if subprocess.run([sys.executable, "-c", "import torch"], capture_output=True).returncode == 0:
+        return None
+    osname = "windows" if sys.platform == "win32" else "linux"
+    venv = REPO / "build" / "ci" / f"{variant}-{osname}" / "venv"
+    py = venv / ("Scripts/python.exe" if sys.platform == "win32" else "bin/python")
+    return str(py) if py.exists() else None
+
+
 # ------------------------------------------------------------------------------------------ state
 def source_fingerprint(root: Path = REPO) -> str:
     """Hash of what a build compiles and packages (setup files, csrc/, nvdiffrast/ sources)."""
@@ -296,7 +309,8 @@ def release(args: argparse.Namespace) -> int:
                 from ci import validate as _validate
 
                 opts = _validate.default_options(quick=args.quick, require_backends=args.require_backends,
-                                                 torch_python=args.torch_python, timeout=args.timeout)
+                                                 torch_python=_torch_python(args.torch_python, variant),
+                                                 timeout=args.timeout)
                 report, out_dir = _validate.validate_wheel(final, wh / "validation", opts)
                 report_path = out_dir / "validation.json"
                 status, gpu = report["status"], report["gpu_validation"]
@@ -328,7 +342,8 @@ def release(args: argparse.Namespace) -> int:
             code = 0 if gpu == "passed" else 3
             if not args.no_install_check and not to.startswith(("http://", "https://")):
                 prog.start(variant, "install", "serve the index, pip install into a fresh venv, render")
-                ok, detail = install_check(Path(to), variant, info.version, wh, args.torch_python)
+                ok, detail = install_check(Path(to), variant, info.version, wh,
+                                           _torch_python(args.torch_python, variant))
                 row["install"] = "ok" if ok else "FAILED"
                 prog.finish(variant, "install", detail)
                 if not ok:
