@@ -15,6 +15,7 @@ COMMANDS = {
     "publish": "publish wheels to a PEP 503 tree or an index server",
     "serve": "serve a static index tree on loopback",
     "release": "select → build → repair → validate → publish",
+    "test": "install a built wheel into a fresh venv and run the test suite",
 }
 
 
@@ -23,18 +24,10 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     for name, help_text in COMMANDS.items():
         p = sub.add_parser(name, help=help_text)
-        try:
-            mod = importlib.import_module(f"ci.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"ci.{name}":
-                raise
-            p.set_defaults(_missing=name)
-            continue
+        mod = importlib.import_module(f"ci.{name}")
         mod.add_arguments(p)
         p.set_defaults(_run=mod.run)
     args = parser.parse_args(argv)
-    if getattr(args, "_missing", None):
-        parser.error(f"command '{args._missing}' is not available in this checkout")
     return int(args._run(args) or 0)
 
 
