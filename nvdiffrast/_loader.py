@@ -299,6 +299,19 @@ def check_build() -> None:
     _checked = True
 
 
+def preload_llvm_users() -> None:
+    """Import torch's compiler stack (Triton, which carries its own LLVM) before a GL driver loads.
+
+    With Mesa's llvmpipe in the process, importing ``torch._dynamo`` *after* the GL driver was loaded
+    crashed (two LLVMs in one process; it happens e.g. when an optimizer is created after a GL
+    context). Called before anything initializes EGL/WGL: ``RasterizeGLContext`` and the doctor.
+    """
+    try:
+        import torch._dynamo  # noqa: F401
+    except Exception:  # noqa: BLE001 - an optional ordering fix, never fatal
+        pass
+
+
 def load_cuda() -> ModuleType:
     """Import ``nvdiffrast._C`` (registers ``torch.ops.nvdiffrast.*``) or raise an explaining ImportError."""
     check_build()

@@ -128,6 +128,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             rep.add(OK, f"GPU {i}", f"{gpus[-1][0]}, compute capability {cc[0]}.{cc[1]}")
     elif drv:
         rep.add(WARN, "GPU", "driver present but torch sees no GPU (CUDA_VISIBLE_DEVICES? container without --gpus?)")
+    _loader.preload_llvm_users()  # before the EGL probe loads a GL driver (see the function's note)
     st, detail = egl_probe()
     rep.add(st, "EGL/OpenGL", detail)
 

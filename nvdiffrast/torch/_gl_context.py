@@ -23,17 +23,6 @@ from ._context import DeviceLike, resolve_device
 _MODES = ("automatic", "manual")
 
 
-def _preload_llvm_users() -> None:
-    """Import torch's compiler stack (Triton, which carries its own LLVM) before a GL driver loads.
-
-    With Mesa's llvmpipe in the process, importing ``torch._dynamo`` *after* the first GL context
-    was created crashed (two LLVMs in one process; it happens e.g. when an optimizer is created after
-    the context). Loading Triton's first avoids that order.
-    """
-    try:
-        import torch._dynamo  # noqa: F401
-    except Exception:  # noqa: BLE001 - an optional optimization of import order, never fatal
-        pass
 
 
 class RasterizeGLContext:
@@ -72,7 +61,7 @@ class RasterizeGLContext:
         self.active_depth_peeler: Optional[Any] = None
         self.cpp_wrapper: Any = None
         _loader.load_gl()
-        _preload_llvm_users()
+        _loader.preload_llvm_users()
         index = self.device.index if self.device.type == "cuda" else -1
         self.cpp_wrapper = torch.classes.nvdiffrast_gl.Context(int(index), output_db, mode == "manual")
 
