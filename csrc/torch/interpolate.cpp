@@ -7,22 +7,12 @@
 #include <vector>
 
 #include "common.h"
+#include "scratch.h"
 #include "kernels/interpolate.h"
 
 namespace {
 
-// Scratch memory for the kernels: torch tensors kept alive until the op returns (stream-ordered frees).
-struct Scratch {
-  at::Device device;
-  std::vector<at::Tensor> keep;
-  explicit Scratch(at::Device d) : device(d) {}
-  static void* alloc(void* self, size_t bytes) {
-    auto* s = static_cast<Scratch*>(self);
-    s->keep.push_back(at::empty({(int64_t)bytes}, at::TensorOptions().dtype(at::kByte).device(s->device)));
-    return s->keep.back().data_ptr();
-  }
-  NvdrAllocator handle() { return NvdrAllocator{&Scratch::alloc, this}; }
-};
+using nvdr::Scratch;
 
 void check_tensor(const at::Tensor& t, const char* op, const char* name, at::ScalarType dtype, const at::Device& dev) {
   TORCH_CHECK(t.is_cuda(), op, "(): input ", name, " must be a CUDA tensor");
