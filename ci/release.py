@@ -514,7 +514,34 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--timeout", type=float, default=1800, help="validate: seconds before the worker is killed")
 
 
+TOOL_MODULES = ("delvewheel", "pefile") if sys.platform == "win32" else ("auditwheel", "abi3audit")
+
+
+def ensure_tooling() -> int | None:
+    """On a fresh machine the running interpreter lacks the repair tools: make ``.venv-ci`` from
+    ``ci/requirements-ci.txt`` and run this same command inside it (returns its exit status)."""
+    import importlib.util
+
+    missing = [m for m in TOOL_MODULES if importlib.util.find_spec(m) is None]
+    if not missing or os.environ.get("NVDR_CI_TOOLING") == "1":
+        return None
+    venv = REPO / ".venv-ci"
+    py = venv / ("Scripts/python.exe" if sys.platform == "win32" else "bin/python")
+    print(f"[ci] {', '.join(missing)} missing in {sys.executable}: preparing {venv} from ci/requirements-ci.txt",
+          flush=True)
+    if not py.exists():
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    subprocess.run([str(py), "-m", "pip", "install", "-q", "-r", str(REPO / "ci" / "requirements-ci.txt")],
+                   check=True)
+    env = dict(os.environ, NVDR_CI_TOOLING="1", PATH=str(py.parent) + os.pathsep + os.environ.get("PATH", ""))
+    return subprocess.run([str(py), "-m", "ci", *sys.argv[1:]], env=env).returncode
+
+
 def run(args: argparse.Namespace) -> int:
+    if not args.no_repair:
+        rc = ensure_tooling()
+        if rc is not None:
+            return rc
     if args.no_validate and args.stage == "release":
         print("ci release: --no-validate cannot be combined with --stage release", file=sys.stderr)
         return 2
