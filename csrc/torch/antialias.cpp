@@ -14,12 +14,7 @@ namespace {
 using nvdr::Scratch;
 
 void check_tensor(const at::Tensor& t, const char* op, const char* name, at::ScalarType dtype, const at::Device& dev) {
-  TORCH_CHECK(t.is_cuda(), op, "(): input ", name, " must be a CUDA tensor");
-  TORCH_CHECK(t.device() == dev, op, "(): inputs ", name, " and color must reside on the same GPU device (", name,
-              " is on ", t.device(), ", color on ", dev, ")");
-  TORCH_CHECK(t.scalar_type() == dtype, op, "(): input ", name, " must be a ", c10::toString(dtype),
-              " tensor, got ", c10::toString(t.scalar_type()));
-  TORCH_CHECK(t.is_contiguous(), op, "(): input ", name, " must be a contiguous tensor");
+  nvdr::check_input(t, op, name, dtype, dev, "color");
 }
 
 // The topology tensor is int64 [2 * capacity + ceil(3T / 2)]: the hash slots (key, (triangle, vertex)),

@@ -1044,18 +1044,7 @@ def _profile() -> None:  # pragma: no cover - a manual tool: python tests/gpu/te
     from nvdiffrast.torch import _mip
 
     def timeit(fn, iters=10):
-        for _ in range(2):
-            fn()
-        torch.cuda.synchronize()
-        ts = []
-        for _ in range(iters):
-            s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            s.record()
-            fn()
-            e.record()
-            torch.cuda.synchronize()
-            ts.append(s.elapsed_time(e))
-        return sorted(ts)[len(ts) // 2]
+        return bench_api.timeit(fn, iters, warmup=2)  # median of CUDA-event timings
 
     print(f"# gpu={torch.cuda.get_device_name()}")
     ctx = dr.RasterizeCudaContext()
