@@ -1,18 +1,24 @@
 // Analytic antialiasing kernels (spec §4.5) and the topology hash (spec §3.9).
 //
 // A work item is a pair of horizontally or vertically adjacent pixels (P0, P1 = right / upper neighbour)
-// with different triangle ids. Instead of appending items to a list and scattering with atomics, every
-// pixel evaluates the (at most four) items it belongs to and gathers their effect on itself: the forward
-// and the colour gradient are therefore deterministic and atomic-free. Each item is evaluated by both of
-// its pixels with identical inputs, so both see the same result. Position gradients (a scatter onto the
-// edge's two vertices) are emitted by P0 only, with atomics or, in deterministic mode, through a sort.
+// with different triangle ids. The forward lists the pairs, evaluates each once (dense warps: the
+// double-precision geometry of a few lanes does not stall whole warps) and records the accepted ones in a
+// byte of flags per pixel plus a sparse blend weight. Every pixel then gathers the items that touch it, in
+// a fixed order: the forward and the colour gradient are deterministic and atomic-free, and they read one
+// byte per pixel besides the images. Position gradients (a scatter onto the edge's two vertices) use
+// atomics or, in deterministic mode, a sort.
 #include <math.h>
+
+#include <type_traits>
 
 #include "antialias.h"
 
 namespace {
 
 constexpr int kBlock = 256;
+// Grid of the gated topology kernels: grid-stride loops, so that a launch whose gate says "nothing to
+// do" retires at once.
+constexpr int kGateGrid = 1024;
 
 __device__ __forceinline__ uint64_t edge_key(int a, int b) {
   uint32_t lo = (uint32_t)min(a, b), hi = (uint32_t)max(a, b);
@@ -28,35 +34,42 @@ __device__ __forceinline__ uint64_t mix64(uint64_t x) {
   return x;
 }
 
-__global__ void hash_clear_kernel(AntialiasHash h) {
+// gate: nullptr (always run) or a device flag, 0 = the topology is current (skip).
+__device__ __forceinline__ bool gated_off(const int* gate) { return gate && *(volatile const int*)gate == 0; }
+
+__global__ void hash_clear_kernel(AntialiasHash h, const int* gate) {
+  if (gated_off(gate)) return;
   for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < h.capacity; i += (int64_t)gridDim.x * blockDim.x) {
     reinterpret_cast<ulonglong2*>(h.slots)[i] = make_ulonglong2(NVDR_SKIP_KEY, ~0ull);  // key, (-1, -1)
   }
 }
 
-__global__ void hash_build_kernel(const int* tri, int64_t T, AntialiasHash h) {
+// One thread per triangle edge (independent inserts keep more atomics in flight than a loop over three).
+__global__ void hash_build_kernel(const int* tri, int64_t T, AntialiasHash h, const int* gate) {
+  if (gated_off(gate)) return;
   const uint64_t mask = (uint64_t)h.capacity - 1;
-  for (int64_t t = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; t < T; t += (int64_t)gridDim.x * blockDim.x) {
+  for (int64_t te = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; te < 3 * T; te += (int64_t)gridDim.x * blockDim.x) {
+    const int64_t t = te / 3;
+    const int e = (int)(te - t * 3);
     const int v[3] = {tri[3 * t], tri[3 * t + 1], tri[3 * t + 2]};
     if (v[0] < 0 || v[1] < 0 || v[2] < 0 || v[0] == v[1] || v[1] == v[2] || v[0] == v[2]) continue;
-    for (int e = 0; e < 3; ++e) {
-      const uint64_t key = edge_key(v[e], v[(e + 1) % 3]);
-      uint64_t slot = mix64(key) & mask;
-      for (int64_t probe = 0; probe < h.capacity; ++probe) {
-        unsigned long long old = atomicCAS(reinterpret_cast<unsigned long long*>(h.slots + 2 * slot),
-                                           (unsigned long long)NVDR_SKIP_KEY, (unsigned long long)key);
-        if (old == (unsigned long long)NVDR_SKIP_KEY) {
-          reinterpret_cast<int2*>(h.slots + 2 * slot + 1)[0] = make_int2((int)t, v[(e + 2) % 3]);
-          break;
-        }
-        slot = (slot + 1) & mask;
+    const uint64_t key = edge_key(v[e], v[(e + 1) % 3]);
+    uint64_t slot = mix64(key) & mask;
+    for (int64_t probe = 0; probe < h.capacity; ++probe) {
+      unsigned long long old = atomicCAS(reinterpret_cast<unsigned long long*>(h.slots + 2 * slot),
+                                         (unsigned long long)NVDR_SKIP_KEY, (unsigned long long)key);
+      if (old == (unsigned long long)NVDR_SKIP_KEY) {
+        reinterpret_cast<int2*>(h.slots + 2 * slot + 1)[0] = make_int2((int)t, v[(e + 2) % 3]);
+        break;
       }
+      slot = (slot + 1) & mask;
     }
   }
 }
 
 // One thread per triangle edge: the probe that a pixel would do, done once per topology.
-__global__ void hash_neighbors_kernel(const int* tri, int64_t T, AntialiasHash h, int* nbr) {
+__global__ void hash_neighbors_kernel(const int* tri, int64_t T, AntialiasHash h, int* nbr, const int* gate) {
+  if (gated_off(gate)) return;
   const uint64_t mask = (uint64_t)h.capacity - 1;
   for (int64_t te = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; te < 3 * T; te += (int64_t)gridDim.x * blockDim.x) {
     const int64_t t = te / 3;
@@ -79,6 +92,20 @@ __global__ void hash_neighbors_kernel(const int* tri, int64_t T, AntialiasHash h
     }
     nbr[te] = best_t < 0 ? -1 : best_v;
   }
+}
+
+// Sets *gate when tri and the copy the topology was built from differ.
+__global__ void tri_compare_kernel(const int* tri, const int* tri_copy, int64_t n, int* gate) {
+  bool differ = false;
+  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x)
+    differ |= tri[i] != tri_copy[i];
+  if (__syncthreads_or(differ) && threadIdx.x == 0) *gate = 1;
+}
+
+__global__ void tri_copy_kernel(const int* tri, int* tri_copy, int64_t n, const int* gate) {
+  if (gated_off(gate)) return;
+  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x)
+    tri_copy[i] = tri[i];
 }
 
 // Item geometry is evaluated in double precision: the accept / reject thresholds then agree with the
@@ -161,13 +188,17 @@ __device__ __forceinline__ int64_t decode_valid(const AntialiasParams& p, float 
   return (t >= 0 && t < p.T) ? t : -1;
 }
 
-// Evaluates the item between pixel (x0, y0) and its neighbour (x1, y1) of image n.
 template <class T>
 __device__ __forceinline__ T sel3(const T (&v)[3], int i) {
   return i == 0 ? v[0] : (i == 1 ? v[1] : v[2]);
 }
 
-__device__ Item eval_item(const AntialiasParams& p, int64_t n, int x0, int y0, int x1, int y1, bool vertical) {
+// Evaluates the item between pixel (x0, y0) and its neighbour (x1, y1) of image n.
+
+// check_silhouette = false skips the topology test: the backward re-evaluates only items the forward
+// accepted (for their geometry), so it never depends on a topology that may have been rebuilt since.
+__device__ Item eval_item(const AntialiasParams& p, int64_t n, int x0, int y0, int x1, int y1, bool vertical,
+                          bool check_silhouette) {
   Item it;
   it.ok = false;
   const float4* rast = reinterpret_cast<const float4*>(p.rast);
@@ -218,7 +249,7 @@ __device__ Item eval_item(const AntialiasParams& p, int64_t n, int x0, int y0, i
   const int vii = sel3(vi, i), vij = sel3(vi, j), vik = sel3(vi, k);
   if (!(fabs(bj - bi) >= fabs(aj - ai))) return it;
   if (!(best_d >= -1.0 / 16.0 && best_d <= 1.0 + 1.0 / 16.0)) return it;
-  if (!is_silhouette(p, n, t, i, vii, vij, vik)) return it;
+  if (check_silhouette && !is_silhouette(p, n, t, i, vii, vij, vik)) return it;
   const double dc = fmin(fmax(best_d, 0.0), 1.0);
   double alpha = 0.5 - dc;
   if (owner) alpha = -alpha;
@@ -248,183 +279,47 @@ __device__ Item eval_item(const AntialiasParams& p, int64_t n, int x0, int y0, i
   return it;
 }
 
-// Pass 1 (forward): every pixel evaluates the items it starts (with its right and its upper neighbour)
-// once and stores their signed blend weights; kNoItem marks "no item".
-constexpr float kNoItem = 2.f;  // |α| <= 1/2 for real items
+__device__ __forceinline__ unsigned item_flags(const Item& it, int q) {
+  return it.ok ? ((1u << q) | (it.has_grad ? (4u << q) : 0u)) : 0u;
+}
 
-__global__ void antialias_eval_kernel(AntialiasParams p, float2* work) {
+// Forward, dense: every pixel evaluates the items it starts (images too large for 32-bit item codes, and a
+// backward without the forward's state).
+__global__ void antialias_eval_kernel(AntialiasParams p, uint8_t* flags, float2* alpha) {
   const int64_t total = p.N * p.H * p.W;
   for (int64_t pix = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; pix < total;
        pix += (int64_t)gridDim.x * blockDim.x) {
     int64_t n;
     int x, y;
     pixel_coords(p, pix, n, x, y);
-    float ar = kNoItem, au = kNoItem;
+    unsigned f = 0;
+    float2 a = make_float2(0.f, 0.f);
     if (x + 1 < p.W) {
-      const Item it = eval_item(p, n, x, y, x + 1, y, false);
-      if (it.ok) ar = it.alpha;
+      const Item it = eval_item(p, n, x, y, x + 1, y, false, true);
+      f |= item_flags(it, 0);
+      if (it.ok) a.x = it.alpha;
     }
     if (y + 1 < p.H) {
-      const Item it = eval_item(p, n, x, y, x, y + 1, true);
-      if (it.ok) au = it.alpha;
+      const Item it = eval_item(p, n, x, y, x, y + 1, true, true);
+      f |= item_flags(it, 1);
+      if (it.ok) a.y = it.alpha;
     }
-    work[pix] = make_float2(ar, au);
-  }
-}
-
-// Pass 2 (forward): out[P] = color[P] + the items that target P, gathered in the fixed order right, up,
-// left, down (deterministic, no atomics). An item (P0, P1) targets P0 when α > 0, else P1.
-__global__ void antialias_gather_kernel(AntialiasParams p, const float2* work) {
-  const int64_t total = p.N * p.H * p.W;
-  const int64_t C = p.C;
-  for (int64_t pix = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; pix < total;
-       pix += (int64_t)gridDim.x * blockDim.x) {
-    int64_t n;
-    int x, y;
-    pixel_coords(p, pix, n, x, y);
-    const float* c0 = p.color + pix * C;
-    float* o = p.out + pix * C;
-    for (int64_t c = 0; c < C; ++c) o[c] = c0[c];
-    const float2 w = work[pix];
-    if (w.x != kNoItem && w.x > 0.f) {
-      const float* c1 = p.color + (pix + 1) * C;
-      for (int64_t c = 0; c < C; ++c) o[c] += w.x * (c1[c] - c0[c]);
-    }
-    if (w.y != kNoItem && w.y > 0.f) {
-      const float* c1 = p.color + (pix + p.W) * C;
-      for (int64_t c = 0; c < C; ++c) o[c] += w.y * (c1[c] - c0[c]);
-    }
-    if (x > 0) {
-      const float a = work[pix - 1].x;
-      if (a != kNoItem && !(a > 0.f)) {
-        const float* ca = p.color + (pix - 1) * C;
-        for (int64_t c = 0; c < C; ++c) o[c] += a * (c0[c] - ca[c]);
-      }
-    }
-    if (y > 0) {
-      const float a = work[pix - p.W].y;
-      if (a != kNoItem && !(a > 0.f)) {
-        const float* ca = p.color + (pix - p.W) * C;
-        for (int64_t c = 0; c < C; ++c) o[c] += a * (c0[c] - ca[c]);
-      }
-    }
-  }
-}
-
-// dy of pixel `pix` (channel c at [c * dy_cs(p)]), read in place whatever its strides.
-__device__ __forceinline__ const float* dy_at(const AntialiasParams& p, int64_t pix) {
-  return p.dy_contig ? p.dy + pix * p.C : p.dy + nvdr_pixel_offset(pix, p.H, p.W, p.dy_s[0], p.dy_s[1], p.dy_s[2]);
-}
-__device__ __forceinline__ int64_t dy_cs(const AntialiasParams& p) { return p.dy_contig ? 1 : p.dy_s[3]; }
-
-// Position gradient of the item that pixel (x, y) = pix of image n starts towards its right (q = 0) or
-// upper (q = 1) neighbour: re-evaluated for its geometry, then atomics or (DET) entries in slots
-// pix * 4 + q * 2 + e.
-template <bool DET>
-__device__ __forceinline__ void item_pos_grad(const AntialiasParams& p, int64_t n, int x, int y, int64_t pix, int q,
-                                              uint64_t* det_keys, float* det_vals) {
-  const bool vertical = q == 1;
-  const int xb = vertical ? x : x + 1, yb = vertical ? y + 1 : y;
-  const Item it = eval_item(p, n, x, y, xb, yb, vertical);
-  if (!it.ok || !it.has_grad) return;
-  const int64_t C = p.C;
-  const int64_t cs = dy_cs(p);
-  const int64_t pa = pix, pb = vertical ? pix + p.W : pix + 1;
-  const float* gt = dy_at(p, it.target ? pb : pa);
-  const float* ca = p.color + pa * C;
-  const float* cb = p.color + pb * C;
-  float Dsum = 0.f;
-  for (int64_t c = 0; c < C; ++c) Dsum += gt[c * cs] * (cb[c] - ca[c]);
-  const double dadd = it.owner ? 1.0 : -1.0;  // dα/dδ
-  const double scale = (double)Dsum * dadd * (double)p.pos_gradient_boost;
-  for (int e = 0; e < 2; ++e) {
-    const float4 v4 = load_vertex(p, n, it.v[e]);
-    const double iw = 1.0 / (double)v4.w;
-    const double hx = 0.5 * (double)p.W, hy = 0.5 * (double)p.H;
-    const double gxd = scale * it.dpx[e] * hx * iw;
-    const double gyd = scale * it.dpy[e] * hy * iw;
-    const double gwd = -(gxd * (double)v4.x + gyd * (double)v4.y) * iw;
-    const float gx = (float)gxd, gy = (float)gyd, gw = (float)gwd;
-    if (!isfinite(gx) || !isfinite(gy) || !isfinite(gw)) continue;
-    const int64_t row = (p.pos_batched ? n * p.V : 0) + it.v[e];
-    if (DET) {
-      const int s = q * 2 + e;
-      det_keys[pix * 4 + s] = (uint64_t)row;
-      det_vals[(pix * 4 + s) * 3 + 0] = gx;
-      det_vals[(pix * 4 + s) * 3 + 1] = gy;
-      det_vals[(pix * 4 + s) * 3 + 2] = gw;
-    } else {
-      float* gp = p.grad_pos + row * 4;
-      atomicAdd(gp + 0, gx);
-      atomicAdd(gp + 1, gy);
-      atomicAdd(gp + 3, gw);
-    }
-  }
-}
-
-// Backward: colour gradient gathered from the stored weights (same order as the forward); position
-// gradients only for accepted items whose weight is not saturated, re-evaluated for their geometry
-// and emitted once per item by its P0.
-template <bool DET, bool POS>
-__global__ void antialias_bwd_kernel(AntialiasParams p, const float2* work, uint64_t* det_keys, float* det_vals) {
-  const int64_t total = p.N * p.H * p.W;
-  const int64_t C = p.C;
-  const int64_t cs = dy_cs(p);
-  for (int64_t pix = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; pix < total;
-       pix += (int64_t)gridDim.x * blockDim.x) {
-    int64_t n;
-    int x, y;
-    pixel_coords(p, pix, n, x, y);
-    float* gc = p.grad_color + pix * C;
-    const float* g0 = dy_at(p, pix);
-    for (int64_t c = 0; c < C; ++c) gc[c] = g0[c * cs];
-    if (DET)
-      for (int s = 0; s < 4; ++s) det_keys[pix * 4 + s] = NVDR_SKIP_KEY;
-    const float2 w = work[pix];
-    // out[target] += α (c[P1] − c[P0]): P1 gains α·dy[target], P0 loses it.
-    if (w.x != kNoItem) {
-      const float* gt = dy_at(p, w.x > 0.f ? pix : pix + 1);
-      for (int64_t c = 0; c < C; ++c) gc[c] -= w.x * gt[c * cs];
-    }
-    if (w.y != kNoItem) {
-      const float* gt = dy_at(p, w.y > 0.f ? pix : pix + p.W);
-      for (int64_t c = 0; c < C; ++c) gc[c] -= w.y * gt[c * cs];
-    }
-    if (x > 0) {
-      const float a = work[pix - 1].x;
-      if (a != kNoItem) {
-        const float* gt = dy_at(p, a > 0.f ? pix - 1 : pix);
-        for (int64_t c = 0; c < C; ++c) gc[c] += a * gt[c * cs];
-      }
-    }
-    if (y > 0) {
-      const float a = work[pix - p.W].y;
-      if (a != kNoItem) {
-        const float* gt = dy_at(p, a > 0.f ? pix - p.W : pix);
-        for (int64_t c = 0; c < C; ++c) gc[c] += a * gt[c * cs];
-      }
-    }
-    if constexpr (POS) {
-      for (int q = 0; q < 2; ++q) {
-        const float alpha = q == 0 ? w.x : w.y;
-        if (alpha == kNoItem || !(fabsf(alpha) <= 0.5f)) continue;
-        item_pos_grad<DET>(p, n, x, y, pix, q, det_keys, det_vals);
-      }
-    }
+    flags[pix] = (uint8_t)f;
+    if (f) alpha[pix] = a;
   }
 }
 
 // Forward, compacted: pixel pairs whose triangle ids differ become work items (code 2 pix + direction),
-// collected per block in shared memory and then evaluated by the whole block (dense warps, no idle lanes
-// waiting on the double-precision geometry of a few). A block handles kClassifyPix pixels per step; every
-// pixel's work entry starts as "no item". Items with a position gradient are appended to grad_items
-// (count first) with one atomic per warp.
+// collected per block in shared memory and then evaluated by the whole block. A block handles
+// kClassifyPix pixels per step; their flags are assembled in shared memory and stored once. Items with a
+// position gradient are appended to grad_items (count first) with one atomic per warp.
 constexpr int kClassifyPer = 8;  // pixels per thread and step
 constexpr int kClassifyPix = kClassifyPer * kBlock;
 
-__global__ void __launch_bounds__(kBlock) antialias_items_kernel(AntialiasParams p, float2* work,
+__global__ void __launch_bounds__(kBlock) antialias_items_kernel(AntialiasParams p, uint8_t* flags, float2* alpha,
                                                                uint32_t* grad_items) {
   __shared__ uint32_t list[2 * kClassifyPix];
+  __shared__ uint32_t sflags[kClassifyPix / 4];  // one byte per pixel of the step
   __shared__ unsigned warp_sum[kBlock / 32];
   __shared__ unsigned list_len;
   const int64_t total = p.N * p.H * p.W;
@@ -432,7 +327,8 @@ __global__ void __launch_bounds__(kBlock) antialias_items_kernel(AntialiasParams
   const unsigned full = 0xffffffffu;
   const float4* rast = reinterpret_cast<const float4*>(p.rast);
   for (int64_t step = (int64_t)blockIdx.x * kClassifyPix; step < total; step += (int64_t)gridDim.x * kClassifyPix) {
-    unsigned mine = 0;  // bit 2k + q: pixel k of this thread has an item in direction q
+    for (int i = threadIdx.x; i < kClassifyPix / 4; i += kBlock) sflags[i] = 0u;
+    unsigned mine = 0;  // bit 2k + q: pixel k of this thread has an item candidate in direction q
 #pragma unroll
     for (int k = 0; k < kClassifyPer; ++k) {
       const int64_t pix = step + (int64_t)k * kBlock + threadIdx.x;
@@ -443,7 +339,6 @@ __global__ void __launch_bounds__(kBlock) antialias_items_kernel(AntialiasParams
       const int64_t t0 = decode_valid(p, rast[pix].w);
       if (x + 1 < p.W && decode_valid(p, rast[pix + 1].w) != t0) mine |= 1u << (2 * k);
       if (y + 1 < p.H && decode_valid(p, rast[pix + p.W].w) != t0) mine |= 2u << (2 * k);
-      work[pix] = make_float2(kNoItem, kNoItem);
     }
     // Block-wide exclusive scan of the per-thread item counts gives each thread its list positions.
     const unsigned cnt = (unsigned)__popc(mine);
@@ -486,9 +381,11 @@ __global__ void __launch_bounds__(kBlock) antialias_items_kernel(AntialiasParams
         int x, y;
         pixel_coords(p, pix, n, x, y);
         const bool vertical = q == 1;
-        const Item it = eval_item(p, n, x, y, vertical ? x : x + 1, vertical ? y + 1 : y, vertical);
+        const Item it = eval_item(p, n, x, y, vertical ? x : x + 1, vertical ? y + 1 : y, vertical, true);
         if (it.ok) {
-          reinterpret_cast<float*>(work + pix)[q] = it.alpha;
+          reinterpret_cast<float*>(alpha + pix)[q] = it.alpha;
+          const uint32_t li = local >> 1;
+          atomicOr(&sflags[li >> 2], item_flags(it, q) << (8 * (li & 3u)));
           grad = it.has_grad;
         }
       }
@@ -500,20 +397,240 @@ __global__ void __launch_bounds__(kBlock) antialias_items_kernel(AntialiasParams
       g_at = __shfl_sync(full, g_at, leader);
       if (grad) grad_items[1 + g_at + __popc(m & ((1u << lane) - 1u))] = code;
     }
-    __syncthreads();  // list, warp_sum and list_len are reused by the next step
+    __syncthreads();
+#pragma unroll
+    for (int k = 0; k < kClassifyPer; ++k) {
+      const int li = k * kBlock + threadIdx.x;
+      const int64_t pix = step + li;
+      if (pix < total) flags[pix] = (uint8_t)(sflags[li >> 2] >> (8 * (li & 3)));
+    }
+    __syncthreads();  // list, sflags, warp_sum and list_len are reused by the next step
+  }
+}
+
+// Which items touch pixel pix: its own two (flags bits 0, 1) and those its left / lower neighbour start
+// towards it.
+struct Touch {
+  unsigned own;
+  bool left, down;
+};
+__device__ __forceinline__ Touch touching(const AntialiasParams& p, const uint8_t* flags, int64_t pix, int x, int y) {
+  Touch t;
+  t.own = flags[pix] & (NVDR_AA_RIGHT | NVDR_AA_UP);
+  t.left = x > 0 && (flags[pix - 1] & NVDR_AA_RIGHT);
+  t.down = y > 0 && (flags[pix - p.W] & NVDR_AA_UP);
+  return t;
+}
+
+// Forward gather: out[P] = color[P] + the items that target P, in the fixed order right, up, left, down.
+// An item (P0, P1) with weight α targets P0 when α > 0, else P1, and adds α (c[P1] − c[P0]) there.
+// CC > 0: the channel count as a compile-time constant (values stay in registers); 0: any count.
+template <int CC>
+__global__ void antialias_gather_kernel(AntialiasParams p, const uint8_t* flags, const float2* alpha) {
+  const int64_t total = p.N * p.H * p.W;
+  const int64_t C = CC > 0 ? CC : p.C;
+  for (int64_t pix = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; pix < total;
+       pix += (int64_t)gridDim.x * blockDim.x) {
+    int64_t n;
+    int x, y;
+    pixel_coords(p, pix, n, x, y);
+    const Touch tc = touching(p, flags, pix, x, y);
+    const float* c0 = p.color + pix * C;
+    float* o = p.out + pix * C;
+    // Weights and partner pixels of the (up to four) items, in gather order; w = 0 where none applies.
+    float w[4] = {0.f, 0.f, 0.f, 0.f};
+    const float* cp[4] = {c0, c0, c0, c0};
+    if (tc.own) {
+      const float2 a = alpha[pix];
+      if ((tc.own & NVDR_AA_RIGHT) && a.x > 0.f) { w[0] = a.x; cp[0] = c0 + C; }
+      if ((tc.own & NVDR_AA_UP) && a.y > 0.f) { w[1] = a.y; cp[1] = c0 + p.W * C; }
+    }
+    if (tc.left) {
+      const float a = alpha[pix - 1].x;
+      if (!(a > 0.f)) { w[2] = -a; cp[2] = c0 - C; }
+    }
+    if (tc.down) {
+      const float a = alpha[pix - p.W].y;
+      if (!(a > 0.f)) { w[3] = -a; cp[3] = c0 - p.W * C; }
+    }
+    const bool any = w[0] != 0.f || w[1] != 0.f || w[2] != 0.f || w[3] != 0.f;
+    if constexpr (CC > 0) {
+      float v[CC];
+#pragma unroll
+      for (int c = 0; c < CC; ++c) v[c] = c0[c];
+      if (any) {
+        float acc[CC];
+#pragma unroll
+        for (int c = 0; c < CC; ++c) acc[c] = v[c];
+#pragma unroll
+        for (int k = 0; k < 4; ++k)
+          if (w[k] != 0.f)
+#pragma unroll
+            for (int c = 0; c < CC; ++c) acc[c] += w[k] * (cp[k][c] - v[c]);
+#pragma unroll
+        for (int c = 0; c < CC; ++c) v[c] = acc[c];
+      }
+#pragma unroll
+      for (int c = 0; c < CC; ++c) o[c] = v[c];
+    } else {
+      for (int64_t c = 0; c < C; ++c) {
+        const float b = c0[c];
+        float acc = b;
+        if (any)
+          for (int k = 0; k < 4; ++k)
+            if (w[k] != 0.f) acc += w[k] * (cp[k][c] - b);
+        o[c] = acc;
+      }
+    }
+  }
+}
+
+// Element offsets of dy: of pixel (n, x, y) = pix, and between horizontal / vertical neighbours. dy is
+// read in place whatever its strides (the gradient of out.sum() is an expanded, all-zero-stride tensor).
+struct DyLayout {
+  int64_t cs, sx, sy, sn;
+  __device__ __forceinline__ int64_t at(int64_t pix, int64_t C, int64_t n, int x, int y, bool contig) const {
+    return contig ? pix * C : n * sn + (int64_t)y * sy + (int64_t)x * sx;
+  }
+};
+__device__ __forceinline__ DyLayout dy_layout(const AntialiasParams& p) {
+  DyLayout d;
+  if (p.dy_contig) {
+    d.cs = 1;
+    d.sx = p.C;
+    d.sy = p.W * p.C;
+    d.sn = p.H * p.W * p.C;
+  } else {
+    d.cs = p.dy_s[3];
+    d.sx = p.dy_s[2];
+    d.sy = p.dy_s[1];
+    d.sn = p.dy_s[0];
+  }
+  return d;
+}
+
+// Position gradient of the item that pixel (x, y) = pix of image n starts towards its right (q = 0) or
+// upper (q = 1) neighbour, an item the forward accepted: re-evaluated for its geometry (without the
+// topology), then atomics or (DET) entries in slots pix * 4 + q * 2 + e. d0: dy offset of pix.
+template <bool DET>
+__device__ __forceinline__ void item_pos_grad(const AntialiasParams& p, const DyLayout& d, int64_t n, int x, int y,
+                                              int64_t pix, int64_t d0, int q, uint64_t* det_keys, float* det_vals) {
+  const bool vertical = q == 1;
+  const int xb = vertical ? x : x + 1, yb = vertical ? y + 1 : y;
+  const Item it = eval_item(p, n, x, y, xb, yb, vertical, false);
+  if (!it.ok || !it.has_grad) return;
+  const int64_t C = p.C;
+  const int64_t pa = pix, pb = vertical ? pix + p.W : pix + 1;
+  const float* gt = p.dy + (it.target ? d0 + (vertical ? d.sy : d.sx) : d0);
+  const float* ca = p.color + pa * C;
+  const float* cb = p.color + pb * C;
+  float Dsum = 0.f;
+  for (int64_t c = 0; c < C; ++c) Dsum += gt[c * d.cs] * (cb[c] - ca[c]);
+  const double dadd = it.owner ? 1.0 : -1.0;  // dα/dδ
+  const double scale = (double)Dsum * dadd * (double)p.pos_gradient_boost;
+  for (int e = 0; e < 2; ++e) {
+    const float4 v4 = load_vertex(p, n, it.v[e]);
+    const double iw = 1.0 / (double)v4.w;
+    const double hx = 0.5 * (double)p.W, hy = 0.5 * (double)p.H;
+    const double gxd = scale * it.dpx[e] * hx * iw;
+    const double gyd = scale * it.dpy[e] * hy * iw;
+    const double gwd = -(gxd * (double)v4.x + gyd * (double)v4.y) * iw;
+    const float gx = (float)gxd, gy = (float)gyd, gw = (float)gwd;
+    if (!isfinite(gx) || !isfinite(gy) || !isfinite(gw)) continue;
+    const int64_t row = (p.pos_batched ? n * p.V : 0) + it.v[e];
+    if (DET) {
+      const int s = q * 2 + e;
+      det_keys[pix * 4 + s] = (uint64_t)row;
+      det_vals[(pix * 4 + s) * 3 + 0] = gx;
+      det_vals[(pix * 4 + s) * 3 + 1] = gy;
+      det_vals[(pix * 4 + s) * 3 + 2] = gw;
+    } else {
+      float* gp = p.grad_pos + row * 4;
+      atomicAdd(gp + 0, gx);
+      atomicAdd(gp + 1, gy);
+      atomicAdd(gp + 3, gw);
+    }
+  }
+}
+
+// Backward: colour gradient gathered like the forward (out[target] += α (c[P1] − c[P0]): P1 gains
+// α dy[target], P0 loses it); with POS, the position gradients of the items this pixel starts.
+template <int CC, bool DET, bool POS>
+__global__ void antialias_bwd_kernel(AntialiasParams p, const uint8_t* flags, const float2* alpha, uint64_t* det_keys,
+                                     float* det_vals) {
+  const int64_t total = p.N * p.H * p.W;
+  const int64_t C = CC > 0 ? CC : p.C;
+  const DyLayout d = dy_layout(p);
+  const bool contig = p.dy_contig != 0;
+  for (int64_t pix = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; pix < total;
+       pix += (int64_t)gridDim.x * blockDim.x) {
+    int64_t n;
+    int x, y;
+    pixel_coords(p, pix, n, x, y);
+    const int64_t d0 = d.at(pix, C, n, x, y, contig);
+    const float* g0 = p.dy + d0;
+    const Touch tc = touching(p, flags, pix, x, y);
+    // Signed weights and dy rows of the items, in gather order; w = 0 where none applies.
+    float w[4] = {0.f, 0.f, 0.f, 0.f};
+    const float* gt[4] = {g0, g0, g0, g0};
+    if (tc.own) {
+      const float2 a = alpha[pix];
+      if (tc.own & NVDR_AA_RIGHT) { w[0] = -a.x; gt[0] = a.x > 0.f ? g0 : g0 + d.sx; }
+      if (tc.own & NVDR_AA_UP) { w[1] = -a.y; gt[1] = a.y > 0.f ? g0 : g0 + d.sy; }
+    }
+    if (tc.left) {
+      const float a = alpha[pix - 1].x;
+      w[2] = a;
+      gt[2] = a > 0.f ? g0 - d.sx : g0;
+    }
+    if (tc.down) {
+      const float a = alpha[pix - p.W].y;
+      w[3] = a;
+      gt[3] = a > 0.f ? g0 - d.sy : g0;
+    }
+    float* gc = p.grad_color + pix * C;
+    if constexpr (CC > 0) {
+      float acc[CC];
+#pragma unroll
+      for (int c = 0; c < CC; ++c) acc[c] = g0[c * d.cs];
+#pragma unroll
+      for (int k = 0; k < 4; ++k)
+        if (w[k] != 0.f)
+#pragma unroll
+          for (int c = 0; c < CC; ++c) acc[c] += w[k] * gt[k][c * d.cs];
+#pragma unroll
+      for (int c = 0; c < CC; ++c) gc[c] = acc[c];
+    } else {
+      for (int64_t c = 0; c < C; ++c) {
+        float acc = g0[c * d.cs];
+        for (int k = 0; k < 4; ++k)
+          if (w[k] != 0.f) acc += w[k] * gt[k][c * d.cs];
+        gc[c] = acc;
+      }
+    }
+    if constexpr (DET) {
+      for (int s = 0; s < 4; ++s) det_keys[pix * 4 + s] = NVDR_SKIP_KEY;
+    }
+    if constexpr (POS) {
+      const unsigned f = flags[pix];
+      for (int q = 0; q < 2; ++q)
+        if (f & (NVDR_AA_RIGHT_GRAD << q)) item_pos_grad<DET>(p, d, n, x, y, pix, d0, q, det_keys, det_vals);
+    }
   }
 }
 
 // Backward, compacted: position gradients of the items the forward listed.
 __global__ void antialias_pos_list_kernel(AntialiasParams p, const uint32_t* grad_items) {
   const unsigned cnt = grad_items[0];
+  const DyLayout d = dy_layout(p);
   for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < cnt; i += (int64_t)gridDim.x * blockDim.x) {
     const uint32_t code = grad_items[1 + i];
     const int64_t pix = code >> 1;
     int64_t n;
     int x, y;
     pixel_coords(p, pix, n, x, y);
-    item_pos_grad<false>(p, n, x, y, pix, (int)(code & 1u), nullptr, nullptr);
+    const int64_t d0 = d.at(pix, p.C, n, x, y, p.dy_contig != 0);
+    item_pos_grad<false>(p, d, n, x, y, pix, d0, (int)(code & 1u), nullptr, nullptr);
   }
 }
 
@@ -536,6 +653,18 @@ __global__ void antialias_det_reduce_kernel(AntialiasParams p, NvdrSortedSegment
   }
 }
 
+// Calls f(std::integral_constant<int, CC>) with the channel count as a constant for the common counts
+// (1: masks, 3: RGB, 4: RGBA) and 0 (any count) otherwise.
+template <class F>
+cudaError_t with_channels(int64_t C, F&& f) {
+  switch (C) {
+    case 1: return f(std::integral_constant<int, 1>());
+    case 3: return f(std::integral_constant<int, 3>());
+    case 4: return f(std::integral_constant<int, 4>());
+    default: return f(std::integral_constant<int, 0>());
+  }
+}
+
 }  // namespace
 
 int64_t antialias_hash_capacity(int64_t T) {
@@ -546,78 +675,105 @@ int64_t antialias_hash_capacity(int64_t T) {
 }
 
 cudaError_t antialias_build_hash_cuda(const int* tri, int64_t T, AntialiasHash h, int* nbr, cudaStream_t stream) {
-  if (h.capacity <= 0 || (h.capacity & (h.capacity - 1)) != 0) return cudaErrorInvalidValue;
-  hash_clear_kernel<<<nvdr_grid_1d(h.capacity, kBlock), kBlock, 0, stream>>>(h);
+  if (h.capacity <= 0 || (h.capacity & (h.capacity - 1)) != 0 || !nbr) return cudaErrorInvalidValue;
+  hash_clear_kernel<<<nvdr_grid_1d(h.capacity, kBlock), kBlock, 0, stream>>>(h, nullptr);
   NVDR_RETURN_IF_LAUNCH_ERROR();
   if (T > 0) {
-    hash_build_kernel<<<nvdr_grid_1d(T, kBlock), kBlock, 0, stream>>>(tri, T, h);
+    hash_build_kernel<<<nvdr_grid_1d(3 * T, kBlock), kBlock, 0, stream>>>(tri, T, h, nullptr);
     NVDR_RETURN_IF_LAUNCH_ERROR();
-    if (nbr) {
-      hash_neighbors_kernel<<<nvdr_grid_1d(3 * T, kBlock), kBlock, 0, stream>>>(tri, T, h, nbr);
-      NVDR_RETURN_IF_LAUNCH_ERROR();
-    }
+    hash_neighbors_kernel<<<nvdr_grid_1d(3 * T, kBlock), kBlock, 0, stream>>>(tri, T, h, nbr, nullptr);
+    NVDR_RETURN_IF_LAUNCH_ERROR();
   }
+  return cudaSuccess;
+}
+
+cudaError_t antialias_refresh_hash_cuda(const int* tri, int* tri_copy, int64_t T, AntialiasHash h, int* nbr,
+                                        int* gate, cudaStream_t stream) {
+  if (h.capacity <= 0 || (h.capacity & (h.capacity - 1)) != 0 || !nbr || !gate) return cudaErrorInvalidValue;
+  NVDR_RETURN_IF_ERROR(cudaMemsetAsync(gate, 0, sizeof(int), stream));
+  if (T <= 0) return cudaSuccess;
+  tri_compare_kernel<<<nvdr_grid_1d(3 * T, kBlock, kGateGrid), kBlock, 0, stream>>>(tri, tri_copy, 3 * T, gate);
+  NVDR_RETURN_IF_LAUNCH_ERROR();
+  hash_clear_kernel<<<nvdr_grid_1d(h.capacity, kBlock, kGateGrid), kBlock, 0, stream>>>(h, gate);
+  NVDR_RETURN_IF_LAUNCH_ERROR();
+  hash_build_kernel<<<nvdr_grid_1d(3 * T, kBlock, kGateGrid), kBlock, 0, stream>>>(tri, T, h, gate);
+  NVDR_RETURN_IF_LAUNCH_ERROR();
+  hash_neighbors_kernel<<<nvdr_grid_1d(3 * T, kBlock, kGateGrid), kBlock, 0, stream>>>(tri, T, h, nbr, gate);
+  NVDR_RETURN_IF_LAUNCH_ERROR();
+  tri_copy_kernel<<<nvdr_grid_1d(3 * T, kBlock, kGateGrid), kBlock, 0, stream>>>(tri, tri_copy, 3 * T, gate);
+  NVDR_RETURN_IF_LAUNCH_ERROR();
   return cudaSuccess;
 }
 
 // Grid of the list kernels, whose item count lives on the device (no host synchronization).
 static int list_grid(int64_t max_items) { return nvdr_grid_1d(max_items, kBlock, 1024); }
 
-cudaError_t antialias_fwd_cuda(const AntialiasParams& p, float* work, uint32_t* grad_items, const NvdrAllocator& alloc,
+cudaError_t antialias_fwd_cuda(const AntialiasParams& p, uint8_t* flags, float* alpha, uint32_t* grad_items,
                                cudaStream_t stream) {
   const int64_t total = p.N * p.H * p.W;
-  if (!p.nbr) return cudaErrorInvalidValue;
+  if (!p.nbr || !flags || !alpha) return cudaErrorInvalidValue;
   if (grad_items) NVDR_RETURN_IF_ERROR(cudaMemsetAsync(grad_items, 0, sizeof(uint32_t), stream));
   if (total <= 0) return cudaSuccess;
-  float2* w = reinterpret_cast<float2*>(work);
+  float2* a = reinterpret_cast<float2*>(alpha);
   if (grad_items) {
     if (2 * total + 1 >= (int64_t(1) << 32)) return cudaErrorInvalidValue;
-    antialias_items_kernel<<<nvdr_grid_1d(total, kClassifyPix), kBlock, 0, stream>>>(p, w, grad_items);
-    NVDR_RETURN_IF_LAUNCH_ERROR();
+    antialias_items_kernel<<<nvdr_grid_1d(total, kClassifyPix), kBlock, 0, stream>>>(p, flags, a, grad_items);
   } else {
-    antialias_eval_kernel<<<nvdr_grid_1d(total, kBlock), kBlock, 0, stream>>>(p, w);
-    NVDR_RETURN_IF_LAUNCH_ERROR();
+    antialias_eval_kernel<<<nvdr_grid_1d(total, kBlock), kBlock, 0, stream>>>(p, flags, a);
   }
-  antialias_gather_kernel<<<nvdr_grid_1d(total, kBlock), kBlock, 0, stream>>>(p, w);
   NVDR_RETURN_IF_LAUNCH_ERROR();
-  return cudaSuccess;
+  return with_channels(p.C, [&](auto cc) {
+    antialias_gather_kernel<decltype(cc)::value><<<nvdr_grid_1d(total, kBlock), kBlock, 0, stream>>>(p, flags, a);
+    return cudaGetLastError();
+  });
 }
 
-cudaError_t antialias_bwd_cuda(const AntialiasParams& p, const float* work, const uint32_t* grad_items,
-                               int deterministic, const NvdrAllocator& alloc, cudaStream_t stream) {
-  if (!p.nbr) return cudaErrorInvalidValue;
+cudaError_t antialias_bwd_cuda(const AntialiasParams& p, const uint8_t* flags, const float* alpha,
+                               const uint32_t* grad_items, int deterministic, const NvdrAllocator& alloc,
+                               cudaStream_t stream) {
   const int64_t rows = (p.pos_batched ? p.N : 1) * p.V;
   NVDR_RETURN_IF_ERROR(cudaMemsetAsync(p.grad_pos, 0, (size_t)(rows * 4) * sizeof(float), stream));
   const int64_t total = p.N * p.H * p.W;
   if (total <= 0) return cudaSuccess;
-  const float2* w = reinterpret_cast<const float2*>(work);
-  if (!w) {  // no saved forward work: evaluate the items again
+  const float2* a = reinterpret_cast<const float2*>(alpha);
+  if (!flags || !a) {  // no saved forward state: evaluate the items again
+    if (!p.nbr) return cudaErrorInvalidValue;
     grad_items = nullptr;
-    float2* fresh = alloc.get<float2>(total);
-    if (!fresh) return cudaErrorMemoryAllocation;
-    antialias_eval_kernel<<<nvdr_grid_1d(total, kBlock), kBlock, 0, stream>>>(p, fresh);
+    uint8_t* f_new = alloc.get<uint8_t>(total);
+    float2* a_new = alloc.get<float2>(total);
+    if (!f_new || !a_new) return cudaErrorMemoryAllocation;
+    antialias_eval_kernel<<<nvdr_grid_1d(total, kBlock), kBlock, 0, stream>>>(p, f_new, a_new);
     NVDR_RETURN_IF_LAUNCH_ERROR();
-    w = fresh;
+    flags = f_new;
+    a = a_new;
   }
+  const int grid = nvdr_grid_1d(total, kBlock);
   if (!deterministic && grad_items) {
-    // Lean colour pass over every pixel, then the (few) listed items for the position gradient.
-    antialias_bwd_kernel<false, false><<<nvdr_grid_1d(total, kBlock), kBlock, 0, stream>>>(p, w, nullptr, nullptr);
-    NVDR_RETURN_IF_LAUNCH_ERROR();
+    // Lean colour pass over every pixel, then the listed items for the position gradient.
+    NVDR_RETURN_IF_ERROR(with_channels(p.C, [&](auto cc) {
+      antialias_bwd_kernel<decltype(cc)::value, false, false><<<grid, kBlock, 0, stream>>>(p, flags, a, nullptr,
+                                                                                            nullptr);
+      return cudaGetLastError();
+    }));
     antialias_pos_list_kernel<<<list_grid(2 * total), kBlock, 0, stream>>>(p, grad_items);
     NVDR_RETURN_IF_LAUNCH_ERROR();
     return cudaSuccess;
   }
   if (!deterministic) {
-    antialias_bwd_kernel<false, true><<<nvdr_grid_1d(total, kBlock), kBlock, 0, stream>>>(p, w, nullptr, nullptr);
-    NVDR_RETURN_IF_LAUNCH_ERROR();
-    return cudaSuccess;
+    return with_channels(p.C, [&](auto cc) {
+      antialias_bwd_kernel<decltype(cc)::value, false, true><<<grid, kBlock, 0, stream>>>(p, flags, a, nullptr,
+                                                                                           nullptr);
+      return cudaGetLastError();
+    });
   }
   const int64_t n = total * 4;
   uint64_t* keys = alloc.get<uint64_t>(n);
   float* vals = alloc.get<float>(n * 3);
   if (!keys || !vals) return cudaErrorMemoryAllocation;
-  antialias_bwd_kernel<true, true><<<nvdr_grid_1d(total, kBlock), kBlock, 0, stream>>>(p, w, keys, vals);
-  NVDR_RETURN_IF_LAUNCH_ERROR();
+  NVDR_RETURN_IF_ERROR(with_channels(p.C, [&](auto cc) {
+    antialias_bwd_kernel<decltype(cc)::value, true, true><<<grid, kBlock, 0, stream>>>(p, flags, a, keys, vals);
+    return cudaGetLastError();
+  }));
   NvdrSortedSegments s;
   NVDR_RETURN_IF_ERROR(nvdr_sort_segments(keys, n, (uint64_t)(rows > 0 ? rows - 1 : 0), alloc, stream, &s));
   antialias_det_reduce_kernel<<<nvdr_grid_1d(n, kBlock), kBlock, 0, stream>>>(p, s, vals);

@@ -17,10 +17,15 @@ struct AntialiasHash {
 
 // Capacity for T triangles (at least twice the number of edges, power of two, >= 64).
 int64_t antialias_hash_capacity(int64_t T);
-// Fills the hash (slot memory provided by the caller), then, when nbr is not null,
-// the neighbour table nbr[3T]: for edge e = (v[e], v[(e+1)%3]) of triangle t, the opposite vertex of the
-// lowest-index other triangle with that edge, or -1 without one. Pixels then look an edge up in one load.
+// Fills the hash (slot memory provided by the caller), then the neighbour table nbr[3T]: for edge
+// e = (v[e], v[(e+1)%3]) of triangle t, the opposite vertex of the lowest-index other triangle with that
+// edge, or -1 without one. Pixels then look an edge up in one load.
 cudaError_t antialias_build_hash_cuda(const int* tri, int64_t T, AntialiasHash h, int* nbr, cudaStream_t stream);
+// Same result for a hash/nbr pair built earlier from the triangles now in tri_copy: the device compares
+// tri with tri_copy and rebuilds (and updates tri_copy) only where they differ, with no host
+// synchronization. `gate` is one int of device scratch.
+cudaError_t antialias_refresh_hash_cuda(const int* tri, int* tri_copy, int64_t T, AntialiasHash h, int* nbr,
+                                        int* gate, cudaStream_t stream);
 
 struct AntialiasParams {
   const float* color;  // [N, H, W, C]
@@ -29,8 +34,8 @@ struct AntialiasParams {
   const int* tri;      // [T, 3]
   int64_t N, H, W, C, V, T;
   int pos_batched;
-  AntialiasHash hash;
-  const int* nbr;      // [T * 3] neighbour table (see antialias_build_hash_cuda)
+  const int* nbr;      // [T * 3] neighbour table (see antialias_build_hash_cuda); only the forward and a
+                       // backward without saved forward state read it
   float* out;          // forward output, like color
 
   const float* dy;     // backward input, like color, read with element strides dy_s (n, h, w, c)
@@ -41,14 +46,18 @@ struct AntialiasParams {
   float pos_gradient_boost;
 };
 
-// Forward; also fills `work` ([N, H, W, 2] floats: the signed blend weights of the items each pixel
-// forms with its right and upper neighbour, 2.0 where there is none) for the backward. When grad_items
-// is not null (room for 1 + 2 N H W uint32, which must be < 2^32), only pixel pairs with different
-// triangle ids are evaluated (compacted first), and grad_items receives the count, then the codes
-// (2 pixel + direction) of the accepted items that carry a position gradient.
-cudaError_t antialias_fwd_cuda(const AntialiasParams& p, float* work, uint32_t* grad_items, const NvdrAllocator& alloc,
+// What the forward leaves for the backward. Each pixel P forms up to two items, with its right (q = 0)
+// and its upper (q = 1) neighbour. flags[P] bit q: that item was accepted; bit 2 + q: it also carries a
+// position gradient (0 < crossing < 1). alpha[P].q (x for q = 0, y for q = 1) is the item's signed blend
+// weight, written only where bit q is set. grad_items (optional; room for 1 + 2 N H W uint32, which must
+// be < 2^32): the count, then the codes (2 pixel + q) of the items with a position gradient.
+enum : uint8_t { NVDR_AA_RIGHT = 1, NVDR_AA_UP = 2, NVDR_AA_RIGHT_GRAD = 4, NVDR_AA_UP_GRAD = 8 };
+
+cudaError_t antialias_fwd_cuda(const AntialiasParams& p, uint8_t* flags, float* alpha, uint32_t* grad_items,
                                cudaStream_t stream);
-// Backward; `work` from the forward, or nullptr to evaluate the items again. grad_items from the forward
-// (or nullptr) limits the position-gradient pass to those items (non-deterministic mode).
-cudaError_t antialias_bwd_cuda(const AntialiasParams& p, const float* work, const uint32_t* grad_items,
-                               int deterministic, const NvdrAllocator& alloc, cudaStream_t stream);
+// Backward. flags/alpha from the forward, or nullptr to evaluate the items again (needs p.nbr).
+// grad_items from the forward (or nullptr) limits the position-gradient pass to those items
+// (non-deterministic mode). With saved forward state the topology is not read.
+cudaError_t antialias_bwd_cuda(const AntialiasParams& p, const uint8_t* flags, const float* alpha,
+                               const uint32_t* grad_items, int deterministic, const NvdrAllocator& alloc,
+                               cudaStream_t stream);

@@ -17,11 +17,12 @@ void check_tensor(const at::Tensor& t, const char* op, const char* name, at::Sca
   nvdr::check_input(t, op, name, dtype, dev, "color");
 }
 
-// The topology tensor is int64 [2 * capacity + ceil(3T / 2)]: the hash slots (key, (triangle, vertex)),
-// then the int32 neighbour table [3T] (see antialias_build_hash_cuda).
-int64_t topology_numel(int64_t T) { return 2 * antialias_hash_capacity(T) + (3 * T + 1) / 2; }
+// The topology tensor is int64 [2 * capacity + ceil(3T / 2) + 1]: the hash slots (key, (triangle, vertex)),
+// the int32 neighbour table [3T] (see antialias_build_hash_cuda), and one word of scratch for
+// antialias_refresh_hash_cuda.
+int64_t topology_numel(int64_t T) { return 2 * antialias_hash_capacity(T) + (3 * T + 1) / 2 + 1; }
 
-AntialiasHash view_hash(const at::Tensor& h, int64_t T, const at::Device& dev, const char* op, const int** nbr) {
+AntialiasHash view_hash(const at::Tensor& h, int64_t T, const at::Device& dev, const char* op, int** nbr) {
   TORCH_CHECK(h.is_cuda() && h.device() == dev, op, "(): topology hash must reside on the same GPU device as color");
   TORCH_CHECK(h.scalar_type() == at::kLong && h.dim() == 1 && h.is_contiguous(), op,
               "(): topology hash must be the tensor made by antialias_topology_hash");
@@ -33,17 +34,20 @@ AntialiasHash view_hash(const at::Tensor& h, int64_t T, const at::Device& dev, c
   AntialiasHash r;
   r.slots = reinterpret_cast<uint64_t*>(h.data_ptr<int64_t>());
   r.capacity = cap;
-  *nbr = reinterpret_cast<const int*>(h.data_ptr<int64_t>() + 2 * cap);
+  *nbr = reinterpret_cast<int*>(h.data_ptr<int64_t>() + 2 * cap);
   return r;
+}
+
+void check_tri(const at::Tensor& tri, const char* op) {
+  TORCH_CHECK(tri.is_cuda(), op, "(): tri must be a CUDA tensor");
+  TORCH_CHECK(tri.scalar_type() == at::kInt, op, "(): tri must be an int32 tensor");
+  TORCH_CHECK(tri.is_contiguous(), op, "(): tri must be a contiguous tensor");
+  TORCH_CHECK(tri.dim() == 2 && tri.size(1) == 3, op, "(): tri must have shape [>0, 3], got ", tri.sizes());
 }
 
 at::Tensor antialias_topology_hash(const at::Tensor& tri) {
   c10::cuda::CUDAGuard guard(tri.device());
-  TORCH_CHECK(tri.is_cuda(), "antialias_topology_hash(): tri must be a CUDA tensor");
-  TORCH_CHECK(tri.scalar_type() == at::kInt, "antialias_topology_hash(): tri must be an int32 tensor");
-  TORCH_CHECK(tri.is_contiguous(), "antialias_topology_hash(): tri must be a contiguous tensor");
-  TORCH_CHECK(tri.dim() == 2 && tri.size(1) == 3, "antialias_topology_hash(): tri must have shape [>0, 3], got ",
-              tri.sizes());
+  check_tri(tri, "antialias_topology_hash");
   const int64_t T = tri.size(0);
   const int64_t cap = antialias_hash_capacity(T);
   at::Tensor h = at::empty({topology_numel(T)}, tri.options().dtype(at::kLong));
@@ -53,6 +57,22 @@ at::Tensor antialias_topology_hash(const at::Tensor& tri) {
   int* nbr = reinterpret_cast<int*>(h.data_ptr<int64_t>() + 2 * cap);
   NVDR_CUDA_CHECK(antialias_build_hash_cuda(tri.data_ptr<int>(), T, hh, nbr, nvdr::current_stream(tri)));
   return h;
+}
+
+// Brings `topology` (built from the triangles now in tri_copy) up to date with tri: the GPU compares the two
+// and rebuilds only on a difference, without a host synchronization.
+void antialias_topology_refresh(const at::Tensor& tri, const at::Tensor& tri_copy, const at::Tensor& topology) {
+  c10::cuda::CUDAGuard guard(tri.device());
+  const char* op = "antialias_topology_refresh";
+  check_tri(tri, op);
+  check_tri(tri_copy, op);
+  TORCH_CHECK(tri_copy.sizes() == tri.sizes() && tri_copy.device() == tri.device(), op,
+              "(): tri_copy must match tri in shape and device");
+  int* nbr = nullptr;
+  AntialiasHash hh = view_hash(topology, tri.size(0), tri.device(), op, &nbr);
+  int* gate = reinterpret_cast<int*>(topology.data_ptr<int64_t>() + topology.numel() - 1);
+  NVDR_CUDA_CHECK(antialias_refresh_hash_cuda(tri.data_ptr<int>(), tri_copy.data_ptr<int>(), tri.size(0), hh, nbr,
+                                              gate, nvdr::current_stream(tri)));
 }
 
 AntialiasParams make_params(const at::Tensor& color, const at::Tensor& rast, const at::Tensor& pos,
@@ -82,33 +102,36 @@ AntialiasParams make_params(const at::Tensor& color, const at::Tensor& rast, con
   p.rast = rast.data_ptr<float>();
   p.pos = pos.data_ptr<float>();
   p.tri = tri.data_ptr<int>();
-  p.hash = view_hash(topology, p.T, dev, op, &p.nbr);
+  int* nbr = nullptr;
+  view_hash(topology, p.T, dev, op, &nbr);
+  p.nbr = nbr;
   return p;
 }
 
-// Returns (out, work, grad_items); grad_items (count, then item codes) is empty when the image is too
-// large for 32-bit item codes, and the items are then found without compaction.
-std::tuple<at::Tensor, at::Tensor, at::Tensor> antialias_fwd(const at::Tensor& color, const at::Tensor& rast,
-                                                             const at::Tensor& pos, const at::Tensor& tri,
-                                                             const at::Tensor& topology) {
+// Returns (out, alpha, flags, grad_items) (see antialias_fwd_cuda); grad_items is empty when the image is
+// too large for 32-bit item codes, and the items are then found without compaction.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> antialias_fwd(const at::Tensor& color, const at::Tensor& rast,
+                                                                         const at::Tensor& pos, const at::Tensor& tri,
+                                                                         const at::Tensor& topology) {
   c10::cuda::CUDAGuard guard(color.device());
   AntialiasParams p = make_params(color, rast, pos, tri, topology, "antialias_fwd");
   at::Tensor out = at::empty(color.sizes(), color.options());
-  at::Tensor work = at::empty({p.N, p.H, p.W, 2}, color.options());
+  at::Tensor alpha = at::empty({p.N, p.H, p.W, 2}, color.options());
+  at::Tensor flags = at::empty({p.N, p.H, p.W}, color.options().dtype(at::kByte));
   const int64_t total = p.N * p.H * p.W;
   const bool compact = 2 * total + 1 < (int64_t(1) << 32);
   at::Tensor items = at::empty({compact ? 1 + 2 * total : 0}, color.options().dtype(at::kInt));
   p.out = out.data_ptr<float>();
-  Scratch scratch(color.device());
-  NVDR_CUDA_CHECK(antialias_fwd_cuda(p, work.data_ptr<float>(),
+  NVDR_CUDA_CHECK(antialias_fwd_cuda(p, flags.data_ptr<uint8_t>(), alpha.data_ptr<float>(),
                                      compact ? reinterpret_cast<uint32_t*>(items.data_ptr<int>()) : nullptr,
-                                     scratch.handle(), nvdr::current_stream(color)));
-  return {out, work, items};
+                                     nvdr::current_stream(color)));
+  return {out, alpha, flags, items};
 }
 
 std::tuple<at::Tensor, at::Tensor> antialias_bwd(const at::Tensor& color, const at::Tensor& rast, const at::Tensor& pos,
                                                  const at::Tensor& tri, const at::Tensor& dy,
-                                                 const std::optional<at::Tensor>& work,
+                                                 const std::optional<at::Tensor>& alpha,
+                                                 const std::optional<at::Tensor>& flags,
                                                  const std::optional<at::Tensor>& grad_items,
                                                  const at::Tensor& topology, double pos_gradient_boost,
                                                  bool deterministic) {
@@ -135,35 +158,44 @@ std::tuple<at::Tensor, at::Tensor> antialias_bwd(const at::Tensor& color, const 
   TORCH_CHECK(!deterministic || p.N * p.H * p.W * 4 < (int64_t(1) << 31),
               "antialias_bwd(): the deterministic backward handles at most 2^29-1 pixels, this call has ",
               p.N * p.H * p.W, "; turn torch.use_deterministic_algorithms off for it");
-  // The forward's per-pixel item weights; without them (or for a mismatching tensor) they are recomputed.
-  const float* work_ptr = nullptr;
-  if (work.has_value() && work->defined() && work->is_cuda() && work->device() == color.device() &&
-      work->scalar_type() == at::kFloat && work->is_contiguous() && work->numel() == p.N * p.H * p.W * 2)
-    work_ptr = work->data_ptr<float>();
-  // The forward's list of items with a position gradient (only meaningful together with its work).
+  // The forward's item weights and flags; without them (or for mismatching tensors) the items are
+  // evaluated again.
+  const int64_t total = p.N * p.H * p.W;
+  const float* alpha_ptr = nullptr;
+  const uint8_t* flags_ptr = nullptr;
+  if (alpha.has_value() && alpha->defined() && flags.has_value() && flags->defined() && alpha->is_cuda() &&
+      flags->is_cuda() && alpha->device() == color.device() && flags->device() == color.device() &&
+      alpha->scalar_type() == at::kFloat && flags->scalar_type() == at::kByte && alpha->is_contiguous() &&
+      flags->is_contiguous() && alpha->numel() == total * 2 && flags->numel() == total) {
+    alpha_ptr = alpha->data_ptr<float>();
+    flags_ptr = flags->data_ptr<uint8_t>();
+  }
+  // The forward's list of items with a position gradient (only meaningful together with its flags).
   const uint32_t* items_ptr = nullptr;
-  if (work_ptr && grad_items.has_value() && grad_items->defined() && grad_items->is_cuda() &&
+  if (flags_ptr && grad_items.has_value() && grad_items->defined() && grad_items->is_cuda() &&
       grad_items->device() == color.device() && grad_items->scalar_type() == at::kInt &&
-      grad_items->is_contiguous() && grad_items->numel() == 1 + 2 * p.N * p.H * p.W)
+      grad_items->is_contiguous() && grad_items->numel() == 1 + 2 * total)
     items_ptr = reinterpret_cast<const uint32_t*>(grad_items->data_ptr<int>());
   Scratch scratch(color.device());
-  NVDR_CUDA_CHECK(antialias_bwd_cuda(p, work_ptr, items_ptr, deterministic ? 1 : 0, scratch.handle(),
+  NVDR_CUDA_CHECK(antialias_bwd_cuda(p, flags_ptr, alpha_ptr, items_ptr, deterministic ? 1 : 0, scratch.handle(),
                                      nvdr::current_stream(color)));
   return {grad_color, grad_pos};
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> antialias_fwd_meta(const at::Tensor& color, const at::Tensor&,
-                                                                  const at::Tensor&, const at::Tensor&,
-                                                                  const at::Tensor&) {
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> antialias_fwd_meta(const at::Tensor& color, const at::Tensor&,
+                                                                              const at::Tensor&, const at::Tensor&,
+                                                                              const at::Tensor&) {
   const int64_t total = color.size(0) * color.size(1) * color.size(2);
   const bool compact = 2 * total + 1 < (int64_t(1) << 32);
   return {at::empty(color.sizes(), color.options()),
           at::empty({color.size(0), color.size(1), color.size(2), 2}, color.options()),
+          at::empty({color.size(0), color.size(1), color.size(2)}, color.options().dtype(at::kByte)),
           at::empty({compact ? 1 + 2 * total : 0}, color.options().dtype(at::kInt))};
 }
 
 std::tuple<at::Tensor, at::Tensor> antialias_bwd_meta(const at::Tensor& color, const at::Tensor&, const at::Tensor& pos,
                                                       const at::Tensor&, const at::Tensor&,
+                                                      const std::optional<at::Tensor>&,
                                                       const std::optional<at::Tensor>&,
                                                       const std::optional<at::Tensor>&, const at::Tensor&, double,
                                                       bool) {
@@ -174,16 +206,18 @@ std::tuple<at::Tensor, at::Tensor> antialias_bwd_meta(const at::Tensor& color, c
 
 TORCH_LIBRARY_FRAGMENT(nvdiffrast, m) {
   m.def("antialias_topology_hash(Tensor tri) -> Tensor");
+  m.def("antialias_topology_refresh(Tensor tri, Tensor(a!) tri_copy, Tensor(b!) topology) -> ()");
   m.def(
       "antialias_fwd(Tensor color, Tensor rast, Tensor pos, Tensor tri, Tensor topology) -> (Tensor, Tensor, "
-      "Tensor)");
+      "Tensor, Tensor)");
   m.def(
-      "antialias_bwd(Tensor color, Tensor rast, Tensor pos, Tensor tri, Tensor dy, Tensor? work, "
+      "antialias_bwd(Tensor color, Tensor rast, Tensor pos, Tensor tri, Tensor dy, Tensor? alpha, Tensor? flags, "
       "Tensor? grad_items, Tensor topology, float pos_gradient_boost, bool deterministic) -> (Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(nvdiffrast, CUDA, m) {
   m.impl("antialias_topology_hash", &antialias_topology_hash);
+  m.impl("antialias_topology_refresh", &antialias_topology_refresh);
   m.impl("antialias_fwd", &antialias_fwd);
   m.impl("antialias_bwd", &antialias_bwd);
 }

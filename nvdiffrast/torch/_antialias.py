@@ -145,7 +145,9 @@ def antialias(
             f"(color {color.shape[0]}, rast {rast.shape[0]})"
         )
     if topology_hash is None:
-        topology_hash = antialias_construct_topology_hash(tri)
+        # A per-call topology: the backend may reuse one it keeps for this tri's content (see _backend).
+        topology_hash = TopologyHashWrapper(backend_for(tri).antialias_topology_hash(tri, reuse=True), dev,
+                                            tri.shape[0])
     elif topology_hash.device != dev:
         raise RuntimeError(
             f"{_OP}(): topology_hash was built for tri on {topology_hash.device} but the inputs are on {dev}; "

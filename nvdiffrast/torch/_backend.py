@@ -115,8 +115,12 @@ class Backend(Protocol):
         'nearest', grad_uv_da or None, grad_mip_level_bias or None). Per spec §3.6 table."""
 
     # ------------------------------------------------------------------------------ antialias
-    def antialias_topology_hash(self, tri: Tensor) -> Any:
-        """Build the edge → opposite-vertex structure for ``tri`` (opaque to the API layer)."""
+    def antialias_topology_hash(self, tri: Tensor, reuse: bool = False) -> Any:
+        """Build the edge → opposite-vertex structure for ``tri`` (opaque to the API layer).
+
+        ``reuse=True`` (the API layer's own, per-call topology): the backend may hand back a structure it
+        keeps between calls, brought up to date with ``tri``'s current content. The backward must then
+        not depend on it (a later call may rebuild it before this call's backward runs)."""
 
     def antialias_fwd(
         self, color: Tensor, rast: Tensor, pos: Tensor, tri: Tensor, topology: Any

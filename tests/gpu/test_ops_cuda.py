@@ -981,17 +981,23 @@ def test_fused_mip_backward_matches_levels_then_adjoint(channels, cube, det):
 
 def test_antialias_compacted_items_match_full_pass():
     """The compacted forward (pairs with different ids only) equals the per-pixel evaluation, and the
-    backward from its item list equals the backward that evaluates every pixel again."""
+    backward from its item list equals the backward over the saved flags and the one that evaluates
+    every pixel again."""
     pos, tri, color, rast = aa_scene(n=3, h=40, w=56, seed=5)
     topo = cu_aa.antialias_topology_hash(tri)
-    out, (weights, items) = cu_aa.antialias_fwd(color, rast, pos, tri, topo)
-    assert items.dtype == torch.int32 and items.numel() == 1 + 2 * color.shape[0] * 40 * 56
-    assert 0 < int(items[0]) <= 2 * color.shape[0] * 40 * 56
+    out, (alpha, flags, items) = cu_aa.antialias_fwd(color, rast, pos, tri, topo)
+    total = color.shape[0] * 40 * 56
+    assert items.dtype == torch.int32 and items.numel() == 1 + 2 * total
+    assert flags.dtype == torch.uint8 and flags.shape == color.shape[:3]
+    accepted = int(((flags & 1) != 0).sum() + ((flags & 2) != 0).sum())
+    with_grad = int(((flags & 4) != 0).sum() + ((flags & 8) != 0).sum())
+    assert 0 < with_grad == int(items[0]) <= accepted
     ref = aa_oracle(color.cpu(), rast.cpu(), pos.cpu(), tri.cpu())
     torch.testing.assert_close(out.cpu().double(), ref, atol=1e-4, rtol=1e-4)
     dy = torch.randn_like(color)
-    a = cu_aa.antialias_bwd(color, rast, pos, tri, dy, (weights, items), topo, 1.0)
-    b = cu_aa.antialias_bwd(color, rast, pos, tri, dy, weights, topo, 1.0)
+    no_list = torch.empty(0, dtype=torch.int32, device=DEV)
+    a = cu_aa.antialias_bwd(color, rast, pos, tri, dy, (alpha, flags, items), topo, 1.0)
+    b = cu_aa.antialias_bwd(color, rast, pos, tri, dy, (alpha, flags, no_list), topo, 1.0)
     c = cu_aa.antialias_bwd(color, rast, pos, tri, dy, None, topo, 1.0)
     torch.testing.assert_close(a[0], c[0], atol=0, rtol=0)
     torch.testing.assert_close(b[0], c[0], atol=0, rtol=0)
@@ -999,6 +1005,80 @@ def test_antialias_compacted_items_match_full_pass():
     scale = float(c[1].abs().max()) + 1e-6
     torch.testing.assert_close(a[1], c[1], atol=1e-5 * scale, rtol=1e-4)
     torch.testing.assert_close(b[1], c[1], atol=1e-5 * scale, rtol=1e-4)
+
+
+def _two_topologies():
+    """One scene, two meshes with the same triangle count: the quad's diagonal shared (no silhouette) or
+    split onto duplicated vertices (a silhouette), so the antialiased images differ along the diagonal."""
+    pos, tri, color, rast = aa_scene(n=2, h=40, w=56, seed=3)
+    pos = torch.cat([pos, pos[:, [0, 2]]], dim=1).contiguous()  # vertices 7, 8 copy 0, 2
+    tri_split = tri.clone()
+    tri_split[1, 0], tri_split[1, 1] = 7, 8
+    return pos, tri, tri_split, color, rast
+
+
+def test_antialias_topology_reuse_follows_tri_content():
+    """Without a topology_hash the topology is kept between calls, but any change of tri's content (in place
+    or another tensor with the same triangle count) is seen: results equal those of a fresh topology."""
+    import nvdiffrast.torch as dr
+
+    pos, tri, tri_split, color, rast = _two_topologies()
+    want = {}
+    for name, t in (("shared", tri), ("split", tri_split)):
+        want[name] = dr.antialias(color, rast, pos, t, topology_hash=dr.antialias_construct_topology_hash(t))
+    assert not torch.equal(want["shared"], want["split"])  # the topology matters in this scene
+    cu_aa.clear_topology_cache()
+    t = tri.clone()
+    assert torch.equal(dr.antialias(color, rast, pos, t), want["shared"])
+    assert len(cu_aa._cache) == 1
+    assert torch.equal(dr.antialias(color, rast, pos, t), want["shared"])  # reused as is
+    t.copy_(tri_split)  # in place
+    assert torch.equal(dr.antialias(color, rast, pos, t), want["split"])
+    assert torch.equal(dr.antialias(color, rast, pos, tri.clone()), want["shared"])  # another tensor
+    t.view(-1)[3:6] = tri.view(-1)[3:6]  # through a view
+    assert torch.equal(dr.antialias(color, rast, pos, t), want["shared"])
+    assert len(cu_aa._cache) == 1
+
+
+def test_antialias_backward_independent_of_reused_topology():
+    """Two forwards on meshes with the same triangle count share the kept topology (the second rebuilds
+    it); each backward still gives the gradients of its own mesh."""
+    import nvdiffrast.torch as dr
+
+    pos, tri, tri_split, color, rast = _two_topologies()
+    g = torch.Generator().manual_seed(11)
+    wgt = torch.randn(color.shape, generator=g).to(DEV)
+
+    def grads(t, topo):
+        c = color.clone().requires_grad_(True)
+        p = pos.clone().requires_grad_(True)
+        out = dr.antialias(c, rast, p, t, topology_hash=topo)
+        return out, c, p
+
+    want = []
+    for t in (tri, tri_split):
+        out, c, p = grads(t, dr.antialias_construct_topology_hash(t))
+        (out * wgt).sum().backward()
+        want.append((c.grad, p.grad))
+    cu_aa.clear_topology_cache()
+    runs = [grads(t, None) for t in (tri, tri_split)]  # both forwards first, then both backwards
+    for out, _, _ in runs:
+        (out * wgt).sum().backward()
+    for (_, c, p), (gc, gp) in zip(runs, want):
+        torch.testing.assert_close(c.grad, gc, atol=0, rtol=0)
+        scale = float(gp.abs().max()) + 1e-6
+        torch.testing.assert_close(p.grad, gp, atol=1e-5 * scale, rtol=1e-4)
+    assert not torch.allclose(want[0][1], want[1][1])  # the two meshes' position gradients differ
+
+
+def test_antialias_topology_reuse_can_be_turned_off(monkeypatch):
+    import nvdiffrast.torch as dr
+
+    pos, tri, _, color, rast = _two_topologies()
+    cu_aa.clear_topology_cache()
+    monkeypatch.setenv("NVDIFFRAST_TOPOLOGY_CACHE", "0")
+    dr.antialias(color, rast, pos, tri)
+    assert len(cu_aa._cache) == 0
 
 
 # ------------------------------------------------------------------------------ fused mip build
@@ -1078,6 +1158,7 @@ def _profile_workload(dr, _mip, bench_api, ctx, timeit, name, sd, batch, res) ->
     topo = cu_aa.antialias_topology_hash(tri)
     ones = torch.ones_like(col)
     rows["aa_hash"] = lambda: cu_aa.antialias_topology_hash(tri)
+    rows["aa_hash(reuse)"] = lambda: cu_aa.antialias_topology_hash(tri, reuse=True)
     rows["aa_fwd"] = lambda: cu_aa.antialias_fwd(col, rast, pos, tri, topo)
     work = cu_aa.antialias_fwd(col, rast, pos, tri, topo)[1]
     rows["aa_bwd"] = lambda: cu_aa.antialias_bwd(col, rast, pos, tri, ones, work, topo, 1.0)

@@ -1,7 +1,21 @@
-"""CUDA adapters for ``antialias`` and its topology hash (contract: ``nvdiffrast.torch._backend``)."""
+"""CUDA adapters for ``antialias`` and its topology hash (contract: ``nvdiffrast.torch._backend``).
+
+Topology reuse: ``antialias(color, rast, pos, tri)`` without a ``topology_hash`` needs the edge topology
+of ``tri`` on every call, and building it is the most expensive part of the op for large meshes. The
+adapter keeps the last few topologies it built (per device, stream and triangle count) with a copy of
+the triangles they were built from; on the next call the GPU compares the triangles with the copy and
+rebuilds only if they differ. The check is on content, so any change of ``tri`` (in place, through
+another framework, or a different tensor) is seen, and no host synchronization is involved. The backward
+does not read the topology (the forward's saved state suffices), so a rebuild between a forward and its
+backward is harmless. ``NVDIFFRAST_TOPOLOGY_CACHE=0`` turns reuse off; :func:`clear_topology_cache` frees
+the memory held.
+"""
 
 from __future__ import annotations
 
+import os
+import threading
+from collections import OrderedDict
 from typing import Any
 
 import torch
@@ -9,26 +23,57 @@ from torch import Tensor
 
 from ... import _loader
 
+# At most this many reused topologies, each at most this large (the hash of a 1.3M-triangle mesh is 134 MB).
+_CACHE_ENTRIES = 4
+_CACHE_MAX_BYTES = 1 << 30
+_cache: OrderedDict[tuple[int, int, int], tuple[Tensor, Tensor]] = OrderedDict()
+_cache_lock = threading.Lock()
+
 
 def _ops():  # noqa: ANN202 - torch.ops namespace object
     _loader.load_cuda()
     return torch.ops.nvdiffrast
 
 
-def antialias_topology_hash(tri: Tensor) -> Any:
-    """Edge → (triangle, opposite vertex) hash of ``tri``, built on the GPU (an int64 tensor)."""
-    return _ops().antialias_topology_hash(tri)
+def clear_topology_cache() -> None:
+    """Drop the topologies kept for reuse (their GPU memory returns to PyTorch's allocator)."""
+    with _cache_lock:
+        _cache.clear()
+
+
+def antialias_topology_hash(tri: Tensor, reuse: bool = False) -> Any:
+    """Edge → (triangle, opposite vertex) hash of ``tri``, built on the GPU (an int64 tensor).
+
+    ``reuse=True``: a kept topology brought up to date with ``tri`` on the GPU (see the module notes)."""
+    if not reuse or os.environ.get("NVDIFFRAST_TOPOLOGY_CACHE", "1") == "0":
+        return _ops().antialias_topology_hash(tri)
+    key = (tri.device.index, torch.cuda.current_stream(tri.device).cuda_stream, tri.shape[0])
+    with _cache_lock:
+        entry = _cache.get(key)
+        if entry is not None:
+            _cache.move_to_end(key)
+    if entry is not None:
+        tri_copy, topo = entry
+        _ops().antialias_topology_refresh(tri, tri_copy, topo)
+        return topo
+    topo = _ops().antialias_topology_hash(tri)
+    if topo.numel() * topo.element_size() <= _CACHE_MAX_BYTES:
+        with _cache_lock:
+            _cache[key] = (tri.clone(), topo)
+            while len(_cache) > _CACHE_ENTRIES:
+                _cache.popitem(last=False)
+    return topo
 
 
 def antialias_fwd(color: Tensor, rast: Tensor, pos: Tensor, tri: Tensor, topology: Any) -> tuple[Tensor, Any]:
-    """Blend pixels along silhouette edges; returns (out, work). ``work`` is the pair (weights, items):
-    weights ([N, H, W, 2] float32) holds the signed blend weight of the item each pixel forms with its
-    right and its upper neighbour (2.0 where there is none), items (int32) the count and codes of the
-    items with a position gradient; the backward reuses both."""
+    """Blend pixels along silhouette edges; returns (out, work). ``work`` is (alpha, flags, items): the
+    signed blend weights ([N, H, W, 2] float32, valid where flagged), a byte per pixel telling which of the
+    items the pixel forms with its right / upper neighbour were accepted and carry a position gradient,
+    and the count and codes of the items with a position gradient (int32); the backward reuses all three."""
     if topology is None:
         topology = antialias_topology_hash(tri)
-    out, weights, items = _ops().antialias_fwd(color, rast, pos, tri, topology)
-    return out, (weights, items)
+    out, alpha, flags, items = _ops().antialias_fwd(color, rast, pos, tri, topology)
+    return out, (alpha, flags, items)
 
 
 def antialias_bwd(
@@ -43,16 +88,16 @@ def antialias_bwd(
 ) -> tuple[Tensor, Tensor]:
     """Gradients w.r.t. color and pos (x, y, w; z is 0), the latter scaled by ``pos_gradient_boost``.
 
-    Under ``torch.use_deterministic_algorithms(True)`` the position gradient is summed in a fixed order."""
+    Without the forward's ``work`` the items are evaluated again from ``topology``. Under
+    ``torch.use_deterministic_algorithms(True)`` the position gradient is summed in a fixed order."""
     if topology is None:
         topology = antialias_topology_hash(tri)
     det = torch.are_deterministic_algorithms_enabled()
-    # (weights, items) from antialias_fwd, or weights alone; anything else: the items are evaluated again.
-    weights, items = work if isinstance(work, tuple) and len(work) == 2 else (work, None)
-    weights = weights if isinstance(weights, Tensor) else None
-    items = items if isinstance(items, Tensor) else None
+    alpha = flags = items = None
+    if isinstance(work, tuple) and len(work) == 3 and all(isinstance(w, Tensor) for w in work):
+        alpha, flags, items = work
     # dy is read with its strides (an expanded gradient needs no copy).
     g_color, g_pos = _ops().antialias_bwd(
-        color, rast, pos, tri, dy, weights, items, topology, float(pos_gradient_boost), det
+        color, rast, pos, tri, dy, alpha, flags, items, topology, float(pos_gradient_boost), det
     )
     return g_color, g_pos

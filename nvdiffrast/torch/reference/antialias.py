@@ -32,8 +32,9 @@ class ReferenceTopology:
         self.num_triangles = num_triangles
 
 
-def antialias_topology_hash(tri: Tensor) -> ReferenceTopology:
-    """Build the edge → opposite-vertex table (contract: ``_backend.Backend.antialias_topology_hash``)."""
+def antialias_topology_hash(tri: Tensor, reuse: bool = False) -> ReferenceTopology:
+    """Build the edge → opposite-vertex table (contract: ``_backend.Backend.antialias_topology_hash``;
+    always a fresh build: ``reuse`` is accepted and ignored)."""
     t = tri.to(torch.int64)
     T = t.shape[0]
     usable = (t >= 0).all(1) & (t[:, 0] != t[:, 1]) & (t[:, 1] != t[:, 2]) & (t[:, 2] != t[:, 0])
