@@ -34,19 +34,24 @@ __device__ __forceinline__ uint64_t mix64(uint64_t x) {
   return x;
 }
 
-// gate: nullptr (always run) or a device flag, 0 = the topology is current (skip).
-__device__ __forceinline__ bool gated_off(const int* gate) { return gate && *(volatile const int*)gate == 0; }
+// Gated topology kernels run when gate is nullptr or *gate == epoch (tri_compare_kernel found a change in
+// this refresh; a refresh passes a new epoch each time, so no reset is needed between calls).
+__device__ __forceinline__ bool gated_off(const int* gate, int epoch) {
+  return gate && *(volatile const int*)gate != epoch;
+}
 
-__global__ void hash_clear_kernel(AntialiasHash h, const int* gate) {
-  if (gated_off(gate)) return;
+// init_gate: where an ungated build zeroes the gate word (no epoch is ever 0).
+__global__ void hash_clear_kernel(AntialiasHash h, const int* gate, int epoch, int* init_gate) {
+  if (gated_off(gate, epoch)) return;
+  if (init_gate && blockIdx.x == 0 && threadIdx.x == 0) *init_gate = 0;
   for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < h.capacity; i += (int64_t)gridDim.x * blockDim.x) {
     reinterpret_cast<ulonglong2*>(h.slots)[i] = make_ulonglong2(NVDR_SKIP_KEY, ~0ull);  // key, (-1, -1)
   }
 }
 
 // One thread per triangle edge (independent inserts keep more atomics in flight than a loop over three).
-__global__ void hash_build_kernel(const int* tri, int64_t T, AntialiasHash h, const int* gate) {
-  if (gated_off(gate)) return;
+__global__ void hash_build_kernel(const int* tri, int64_t T, AntialiasHash h, const int* gate, int epoch) {
+  if (gated_off(gate, epoch)) return;
   const uint64_t mask = (uint64_t)h.capacity - 1;
   for (int64_t te = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; te < 3 * T; te += (int64_t)gridDim.x * blockDim.x) {
     const int64_t t = te / 3;
@@ -67,9 +72,11 @@ __global__ void hash_build_kernel(const int* tri, int64_t T, AntialiasHash h, co
   }
 }
 
-// One thread per triangle edge: the probe that a pixel would do, done once per topology.
-__global__ void hash_neighbors_kernel(const int* tri, int64_t T, AntialiasHash h, int* nbr, const int* gate) {
-  if (gated_off(gate)) return;
+// One thread per triangle edge: the probe that a pixel would do, done once per topology. A refresh also
+// updates its copy of the triangles here (tri_copy, else nullptr).
+__global__ void hash_neighbors_kernel(const int* tri, int64_t T, AntialiasHash h, int* nbr, const int* gate, int epoch,
+                                      int* tri_copy) {
+  if (gated_off(gate, epoch)) return;
   const uint64_t mask = (uint64_t)h.capacity - 1;
   for (int64_t te = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; te < 3 * T; te += (int64_t)gridDim.x * blockDim.x) {
     const int64_t t = te / 3;
@@ -91,21 +98,16 @@ __global__ void hash_neighbors_kernel(const int* tri, int64_t T, AntialiasHash h
       slot = (slot + 1) & mask;
     }
     nbr[te] = best_t < 0 ? -1 : best_v;
+    if (tri_copy) tri_copy[te] = tri[te];
   }
 }
 
-// Sets *gate when tri and the copy the topology was built from differ.
-__global__ void tri_compare_kernel(const int* tri, const int* tri_copy, int64_t n, int* gate) {
+// Sets *gate = epoch when tri and the copy the topology was built from differ.
+__global__ void tri_compare_kernel(const int* tri, const int* tri_copy, int64_t n, int* gate, int epoch) {
   bool differ = false;
   for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x)
     differ |= tri[i] != tri_copy[i];
-  if (__syncthreads_or(differ) && threadIdx.x == 0) *gate = 1;
-}
-
-__global__ void tri_copy_kernel(const int* tri, int* tri_copy, int64_t n, const int* gate) {
-  if (gated_off(gate)) return;
-  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x)
-    tri_copy[i] = tri[i];
+  if (__syncthreads_or(differ) && threadIdx.x == 0) *gate = epoch;
 }
 
 // Item geometry is evaluated in double precision: the accept / reject thresholds then agree with the
@@ -422,65 +424,100 @@ __device__ __forceinline__ Touch touching(const AntialiasParams& p, const uint8_
   return t;
 }
 
-// Forward gather: out[P] = color[P] + the items that target P, in the fixed order right, up, left, down.
-// An item (P0, P1) with weight α targets P0 when α > 0, else P1, and adds α (c[P1] − c[P0]) there.
-// CC > 0: the channel count as a compile-time constant (values stay in registers); 0: any count.
+// Forward gather of one pixel: out[P] = color[P] + the items that target P, in the fixed order right, up,
+// left, down. An item (P0, P1) with weight α targets P0 when α > 0, else P1, and adds α (c[P1] − c[P0])
+// there. CC > 0: the channel count as a compile-time constant (values stay in registers); 0: any count.
+template <int CC>
+__device__ __forceinline__ void gather_pixel(const AntialiasParams& p, const uint8_t* flags, const float2* alpha,
+                                             int64_t pix, int x, int y) {
+  const int64_t C = CC > 0 ? CC : p.C;
+  const Touch tc = touching(p, flags, pix, x, y);
+  const float* c0 = p.color + pix * C;
+  float* o = p.out + pix * C;
+  // Weights and partner pixels of the (up to four) items, in gather order; w = 0 where none applies.
+  float w[4] = {0.f, 0.f, 0.f, 0.f};
+  const float* cp[4] = {c0, c0, c0, c0};
+  if (tc.own) {
+    const float2 a = alpha[pix];
+    if ((tc.own & NVDR_AA_RIGHT) && a.x > 0.f) { w[0] = a.x; cp[0] = c0 + C; }
+    if ((tc.own & NVDR_AA_UP) && a.y > 0.f) { w[1] = a.y; cp[1] = c0 + p.W * C; }
+  }
+  if (tc.left) {
+    const float a = alpha[pix - 1].x;
+    if (!(a > 0.f)) { w[2] = -a; cp[2] = c0 - C; }
+  }
+  if (tc.down) {
+    const float a = alpha[pix - p.W].y;
+    if (!(a > 0.f)) { w[3] = -a; cp[3] = c0 - p.W * C; }
+  }
+  const bool any = w[0] != 0.f || w[1] != 0.f || w[2] != 0.f || w[3] != 0.f;
+  if constexpr (CC > 0) {
+    float v[CC];
+#pragma unroll
+    for (int c = 0; c < CC; ++c) v[c] = c0[c];
+    if (any) {
+      float acc[CC];
+#pragma unroll
+      for (int c = 0; c < CC; ++c) acc[c] = v[c];
+#pragma unroll
+      for (int k = 0; k < 4; ++k)
+        if (w[k] != 0.f)
+#pragma unroll
+          for (int c = 0; c < CC; ++c) acc[c] += w[k] * (cp[k][c] - v[c]);
+#pragma unroll
+      for (int c = 0; c < CC; ++c) v[c] = acc[c];
+    }
+#pragma unroll
+    for (int c = 0; c < CC; ++c) o[c] = v[c];
+  } else {
+    for (int64_t c = 0; c < C; ++c) {
+      const float b = c0[c];
+      float acc = b;
+      if (any)
+        for (int k = 0; k < 4; ++k)
+          if (w[k] != 0.f) acc += w[k] * (cp[k][c] - b);
+      o[c] = acc;
+    }
+  }
+}
+
 template <int CC>
 __global__ void antialias_gather_kernel(AntialiasParams p, const uint8_t* flags, const float2* alpha) {
   const int64_t total = p.N * p.H * p.W;
-  const int64_t C = CC > 0 ? CC : p.C;
   for (int64_t pix = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; pix < total;
        pix += (int64_t)gridDim.x * blockDim.x) {
     int64_t n;
     int x, y;
     pixel_coords(p, pix, n, x, y);
-    const Touch tc = touching(p, flags, pix, x, y);
-    const float* c0 = p.color + pix * C;
-    float* o = p.out + pix * C;
-    // Weights and partner pixels of the (up to four) items, in gather order; w = 0 where none applies.
-    float w[4] = {0.f, 0.f, 0.f, 0.f};
-    const float* cp[4] = {c0, c0, c0, c0};
-    if (tc.own) {
-      const float2 a = alpha[pix];
-      if ((tc.own & NVDR_AA_RIGHT) && a.x > 0.f) { w[0] = a.x; cp[0] = c0 + C; }
-      if ((tc.own & NVDR_AA_UP) && a.y > 0.f) { w[1] = a.y; cp[1] = c0 + p.W * C; }
-    }
-    if (tc.left) {
-      const float a = alpha[pix - 1].x;
-      if (!(a > 0.f)) { w[2] = -a; cp[2] = c0 - C; }
-    }
-    if (tc.down) {
-      const float a = alpha[pix - p.W].y;
-      if (!(a > 0.f)) { w[3] = -a; cp[3] = c0 - p.W * C; }
-    }
-    const bool any = w[0] != 0.f || w[1] != 0.f || w[2] != 0.f || w[3] != 0.f;
-    if constexpr (CC > 0) {
-      float v[CC];
-#pragma unroll
-      for (int c = 0; c < CC; ++c) v[c] = c0[c];
-      if (any) {
-        float acc[CC];
-#pragma unroll
-        for (int c = 0; c < CC; ++c) acc[c] = v[c];
-#pragma unroll
-        for (int k = 0; k < 4; ++k)
-          if (w[k] != 0.f)
-#pragma unroll
-            for (int c = 0; c < CC; ++c) acc[c] += w[k] * (cp[k][c] - v[c]);
-#pragma unroll
-        for (int c = 0; c < CC; ++c) v[c] = acc[c];
-      }
-#pragma unroll
-      for (int c = 0; c < CC; ++c) o[c] = v[c];
+    gather_pixel<CC>(p, flags, alpha, pix, x, y);
+  }
+}
+
+// Does any item touch the four pixels pix0 .. pix0 + 3 of one row (pix0 % 4 == 0, W % 4 == 0)?
+__device__ __forceinline__ bool quad_touched(const AntialiasParams& p, const uint8_t* flags, int64_t pix0, int x0,
+                                             int y) {
+  const uint32_t own = reinterpret_cast<const uint32_t*>(flags)[pix0 >> 2];
+  const uint32_t down = y > 0 ? reinterpret_cast<const uint32_t*>(flags + pix0 - p.W)[0] : 0u;
+  const bool left = x0 > 0 && (flags[pix0 - 1] & NVDR_AA_RIGHT);
+  return (own & 0x03030303u) || (down & 0x02020202u) || left;
+}
+
+// Gather for images with W % 4 == 0, four pixels per thread: untouched quads (nearly all) move as float4.
+template <int CC>
+__global__ void antialias_gather4_kernel(AntialiasParams p, const uint8_t* flags, const float2* alpha) {
+  const int64_t quads = p.N * p.H * p.W / 4;
+  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < quads; i += (int64_t)gridDim.x * blockDim.x) {
+    const int64_t pix0 = i * 4;
+    int64_t n;
+    int x0, y;
+    pixel_coords(p, pix0, n, x0, y);
+    if (quad_touched(p, flags, pix0, x0, y)) {
+      for (int k = 0; k < 4; ++k) gather_pixel<CC>(p, flags, alpha, pix0 + k, x0 + k, y);
     } else {
-      for (int64_t c = 0; c < C; ++c) {
-        const float b = c0[c];
-        float acc = b;
-        if (any)
-          for (int k = 0; k < 4; ++k)
-            if (w[k] != 0.f) acc += w[k] * (cp[k][c] - b);
-        o[c] = acc;
-      }
+      const float4* src = reinterpret_cast<const float4*>(p.color + pix0 * CC);
+      float4* dst = reinterpret_cast<float4*>(p.out + pix0 * CC);
+#pragma unroll
+      for (int k = 0; k < CC; ++k) dst[k] = src[k];
     }
   }
 }
@@ -553,8 +590,56 @@ __device__ __forceinline__ void item_pos_grad(const AntialiasParams& p, const Dy
   }
 }
 
-// Backward: colour gradient gathered like the forward (out[target] += α (c[P1] − c[P0]): P1 gains
-// α dy[target], P0 loses it); with POS, the position gradients of the items this pixel starts.
+// Colour gradient of one pixel, gathered like the forward (out[target] += α (c[P1] − c[P0]): P1 gains
+// α dy[target], P0 loses it). d0: dy offset of pix.
+template <int CC>
+__device__ __forceinline__ void bwd_color_pixel(const AntialiasParams& p, const DyLayout& d, const uint8_t* flags,
+                                                const float2* alpha, int64_t pix, int x, int y, int64_t d0) {
+  const int64_t C = CC > 0 ? CC : p.C;
+  const float* g0 = p.dy + d0;
+  const Touch tc = touching(p, flags, pix, x, y);
+  // Signed weights and dy rows of the items, in gather order; w = 0 where none applies.
+  float w[4] = {0.f, 0.f, 0.f, 0.f};
+  const float* gt[4] = {g0, g0, g0, g0};
+  if (tc.own) {
+    const float2 a = alpha[pix];
+    if (tc.own & NVDR_AA_RIGHT) { w[0] = -a.x; gt[0] = a.x > 0.f ? g0 : g0 + d.sx; }
+    if (tc.own & NVDR_AA_UP) { w[1] = -a.y; gt[1] = a.y > 0.f ? g0 : g0 + d.sy; }
+  }
+  if (tc.left) {
+    const float a = alpha[pix - 1].x;
+    w[2] = a;
+    gt[2] = a > 0.f ? g0 - d.sx : g0;
+  }
+  if (tc.down) {
+    const float a = alpha[pix - p.W].y;
+    w[3] = a;
+    gt[3] = a > 0.f ? g0 - d.sy : g0;
+  }
+  float* gc = p.grad_color + pix * C;
+  if constexpr (CC > 0) {
+    float acc[CC];
+#pragma unroll
+    for (int c = 0; c < CC; ++c) acc[c] = g0[c * d.cs];
+#pragma unroll
+    for (int k = 0; k < 4; ++k)
+      if (w[k] != 0.f)
+#pragma unroll
+        for (int c = 0; c < CC; ++c) acc[c] += w[k] * gt[k][c * d.cs];
+#pragma unroll
+    for (int c = 0; c < CC; ++c) gc[c] = acc[c];
+  } else {
+    for (int64_t c = 0; c < C; ++c) {
+      float acc = g0[c * d.cs];
+      for (int k = 0; k < 4; ++k)
+        if (w[k] != 0.f) acc += w[k] * gt[k][c * d.cs];
+      gc[c] = acc;
+    }
+  }
+}
+
+// Backward over every pixel: colour gradient; with POS, the position gradients of the items the pixel
+// starts (atomics, or DET entries for the sorted reduction).
 template <int CC, bool DET, bool POS>
 __global__ void antialias_bwd_kernel(AntialiasParams p, const uint8_t* flags, const float2* alpha, uint64_t* det_keys,
                                      float* det_vals) {
@@ -568,46 +653,7 @@ __global__ void antialias_bwd_kernel(AntialiasParams p, const uint8_t* flags, co
     int x, y;
     pixel_coords(p, pix, n, x, y);
     const int64_t d0 = d.at(pix, C, n, x, y, contig);
-    const float* g0 = p.dy + d0;
-    const Touch tc = touching(p, flags, pix, x, y);
-    // Signed weights and dy rows of the items, in gather order; w = 0 where none applies.
-    float w[4] = {0.f, 0.f, 0.f, 0.f};
-    const float* gt[4] = {g0, g0, g0, g0};
-    if (tc.own) {
-      const float2 a = alpha[pix];
-      if (tc.own & NVDR_AA_RIGHT) { w[0] = -a.x; gt[0] = a.x > 0.f ? g0 : g0 + d.sx; }
-      if (tc.own & NVDR_AA_UP) { w[1] = -a.y; gt[1] = a.y > 0.f ? g0 : g0 + d.sy; }
-    }
-    if (tc.left) {
-      const float a = alpha[pix - 1].x;
-      w[2] = a;
-      gt[2] = a > 0.f ? g0 - d.sx : g0;
-    }
-    if (tc.down) {
-      const float a = alpha[pix - p.W].y;
-      w[3] = a;
-      gt[3] = a > 0.f ? g0 - d.sy : g0;
-    }
-    float* gc = p.grad_color + pix * C;
-    if constexpr (CC > 0) {
-      float acc[CC];
-#pragma unroll
-      for (int c = 0; c < CC; ++c) acc[c] = g0[c * d.cs];
-#pragma unroll
-      for (int k = 0; k < 4; ++k)
-        if (w[k] != 0.f)
-#pragma unroll
-          for (int c = 0; c < CC; ++c) acc[c] += w[k] * gt[k][c * d.cs];
-#pragma unroll
-      for (int c = 0; c < CC; ++c) gc[c] = acc[c];
-    } else {
-      for (int64_t c = 0; c < C; ++c) {
-        float acc = g0[c * d.cs];
-        for (int k = 0; k < 4; ++k)
-          if (w[k] != 0.f) acc += w[k] * gt[k][c * d.cs];
-        gc[c] = acc;
-      }
-    }
+    bwd_color_pixel<CC>(p, d, flags, alpha, pix, x, y, d0);
     if constexpr (DET) {
       for (int s = 0; s < 4; ++s) det_keys[pix * 4 + s] = NVDR_SKIP_KEY;
     }
@@ -615,6 +661,33 @@ __global__ void antialias_bwd_kernel(AntialiasParams p, const uint8_t* flags, co
       const unsigned f = flags[pix];
       for (int q = 0; q < 2; ++q)
         if (f & (NVDR_AA_RIGHT_GRAD << q)) item_pos_grad<DET>(p, d, n, x, y, pix, d0, q, det_keys, det_vals);
+    }
+  }
+}
+
+// Colour gradient for images with W % 4 == 0, four pixels per thread: untouched quads store float4s.
+template <int CC>
+__global__ void antialias_bwd4_kernel(AntialiasParams p, const uint8_t* flags, const float2* alpha) {
+  const int64_t quads = p.N * p.H * p.W / 4;
+  const DyLayout d = dy_layout(p);
+  const bool contig = p.dy_contig != 0;
+  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < quads; i += (int64_t)gridDim.x * blockDim.x) {
+    const int64_t pix0 = i * 4;
+    int64_t n;
+    int x0, y;
+    pixel_coords(p, pix0, n, x0, y);
+    const int64_t d0 = d.at(pix0, CC, n, x0, y, contig);
+    if (quad_touched(p, flags, pix0, x0, y)) {
+      for (int k = 0; k < 4; ++k) bwd_color_pixel<CC>(p, d, flags, alpha, pix0 + k, x0 + k, y, d0 + k * d.sx);
+    } else {
+      float v[4 * CC];
+#pragma unroll
+      for (int k = 0; k < 4; ++k)
+#pragma unroll
+        for (int c = 0; c < CC; ++c) v[k * CC + c] = p.dy[d0 + k * d.sx + c * d.cs];
+      float4* dst = reinterpret_cast<float4*>(p.grad_color + pix0 * CC);
+#pragma unroll
+      for (int k = 0; k < CC; ++k) dst[k] = make_float4(v[4 * k], v[4 * k + 1], v[4 * k + 2], v[4 * k + 3]);
     }
   }
 }
@@ -674,33 +747,33 @@ int64_t antialias_hash_capacity(int64_t T) {
   return cap;
 }
 
-cudaError_t antialias_build_hash_cuda(const int* tri, int64_t T, AntialiasHash h, int* nbr, cudaStream_t stream) {
+cudaError_t antialias_build_hash_cuda(const int* tri, int64_t T, AntialiasHash h, int* nbr, int* gate,
+                                      cudaStream_t stream) {
   if (h.capacity <= 0 || (h.capacity & (h.capacity - 1)) != 0 || !nbr) return cudaErrorInvalidValue;
-  hash_clear_kernel<<<nvdr_grid_1d(h.capacity, kBlock), kBlock, 0, stream>>>(h, nullptr);
+  hash_clear_kernel<<<nvdr_grid_1d(h.capacity, kBlock), kBlock, 0, stream>>>(h, nullptr, 0, gate);
   NVDR_RETURN_IF_LAUNCH_ERROR();
   if (T > 0) {
-    hash_build_kernel<<<nvdr_grid_1d(3 * T, kBlock), kBlock, 0, stream>>>(tri, T, h, nullptr);
+    hash_build_kernel<<<nvdr_grid_1d(3 * T, kBlock), kBlock, 0, stream>>>(tri, T, h, nullptr, 0);
     NVDR_RETURN_IF_LAUNCH_ERROR();
-    hash_neighbors_kernel<<<nvdr_grid_1d(3 * T, kBlock), kBlock, 0, stream>>>(tri, T, h, nbr, nullptr);
+    hash_neighbors_kernel<<<nvdr_grid_1d(3 * T, kBlock), kBlock, 0, stream>>>(tri, T, h, nbr, nullptr, 0, nullptr);
     NVDR_RETURN_IF_LAUNCH_ERROR();
   }
   return cudaSuccess;
 }
 
 cudaError_t antialias_refresh_hash_cuda(const int* tri, int* tri_copy, int64_t T, AntialiasHash h, int* nbr,
-                                        int* gate, cudaStream_t stream) {
-  if (h.capacity <= 0 || (h.capacity & (h.capacity - 1)) != 0 || !nbr || !gate) return cudaErrorInvalidValue;
-  NVDR_RETURN_IF_ERROR(cudaMemsetAsync(gate, 0, sizeof(int), stream));
+                                        int* gate, int epoch, cudaStream_t stream) {
+  if (h.capacity <= 0 || (h.capacity & (h.capacity - 1)) != 0 || !nbr || !gate || epoch == 0)
+    return cudaErrorInvalidValue;
   if (T <= 0) return cudaSuccess;
-  tri_compare_kernel<<<nvdr_grid_1d(3 * T, kBlock, kGateGrid), kBlock, 0, stream>>>(tri, tri_copy, 3 * T, gate);
+  tri_compare_kernel<<<nvdr_grid_1d(3 * T, kBlock, kGateGrid), kBlock, 0, stream>>>(tri, tri_copy, 3 * T, gate, epoch);
   NVDR_RETURN_IF_LAUNCH_ERROR();
-  hash_clear_kernel<<<nvdr_grid_1d(h.capacity, kBlock, kGateGrid), kBlock, 0, stream>>>(h, gate);
+  hash_clear_kernel<<<nvdr_grid_1d(h.capacity, kBlock, kGateGrid), kBlock, 0, stream>>>(h, gate, epoch, nullptr);
   NVDR_RETURN_IF_LAUNCH_ERROR();
-  hash_build_kernel<<<nvdr_grid_1d(3 * T, kBlock, kGateGrid), kBlock, 0, stream>>>(tri, T, h, gate);
+  hash_build_kernel<<<nvdr_grid_1d(3 * T, kBlock, kGateGrid), kBlock, 0, stream>>>(tri, T, h, gate, epoch);
   NVDR_RETURN_IF_LAUNCH_ERROR();
-  hash_neighbors_kernel<<<nvdr_grid_1d(3 * T, kBlock, kGateGrid), kBlock, 0, stream>>>(tri, T, h, nbr, gate);
-  NVDR_RETURN_IF_LAUNCH_ERROR();
-  tri_copy_kernel<<<nvdr_grid_1d(3 * T, kBlock, kGateGrid), kBlock, 0, stream>>>(tri, tri_copy, 3 * T, gate);
+  hash_neighbors_kernel<<<nvdr_grid_1d(3 * T, kBlock, kGateGrid), kBlock, 0, stream>>>(tri, T, h, nbr, gate, epoch,
+                                                                                      tri_copy);
   NVDR_RETURN_IF_LAUNCH_ERROR();
   return cudaSuccess;
 }
@@ -723,7 +796,15 @@ cudaError_t antialias_fwd_cuda(const AntialiasParams& p, uint8_t* flags, float* 
   }
   NVDR_RETURN_IF_LAUNCH_ERROR();
   return with_channels(p.C, [&](auto cc) {
-    antialias_gather_kernel<decltype(cc)::value><<<nvdr_grid_1d(total, kBlock), kBlock, 0, stream>>>(p, flags, a);
+    constexpr int CC = decltype(cc)::value;
+    if constexpr (CC > 0) {
+      // Quads move as float4: rows of a multiple of 4 pixels and a 16-byte aligned colour.
+      if (p.W % 4 == 0 && reinterpret_cast<uintptr_t>(p.color) % 16 == 0 && reinterpret_cast<uintptr_t>(p.out) % 16 == 0) {
+        antialias_gather4_kernel<CC><<<nvdr_grid_1d(total / 4, kBlock), kBlock, 0, stream>>>(p, flags, a);
+        return cudaGetLastError();
+      }
+    }
+    antialias_gather_kernel<CC><<<nvdr_grid_1d(total, kBlock), kBlock, 0, stream>>>(p, flags, a);
     return cudaGetLastError();
   });
 }
@@ -751,8 +832,14 @@ cudaError_t antialias_bwd_cuda(const AntialiasParams& p, const uint8_t* flags, c
   if (!deterministic && grad_items) {
     // Lean colour pass over every pixel, then the listed items for the position gradient.
     NVDR_RETURN_IF_ERROR(with_channels(p.C, [&](auto cc) {
-      antialias_bwd_kernel<decltype(cc)::value, false, false><<<grid, kBlock, 0, stream>>>(p, flags, a, nullptr,
-                                                                                            nullptr);
+      constexpr int CC = decltype(cc)::value;
+      if constexpr (CC > 0) {
+        if (p.W % 4 == 0 && reinterpret_cast<uintptr_t>(p.grad_color) % 16 == 0) {
+          antialias_bwd4_kernel<CC><<<nvdr_grid_1d(total / 4, kBlock), kBlock, 0, stream>>>(p, flags, a);
+          return cudaGetLastError();
+        }
+      }
+      antialias_bwd_kernel<CC, false, false><<<grid, kBlock, 0, stream>>>(p, flags, a, nullptr, nullptr);
       return cudaGetLastError();
     }));
     antialias_pos_list_kernel<<<list_grid(2 * total), kBlock, 0, stream>>>(p, grad_items);

@@ -19,13 +19,16 @@ struct AntialiasHash {
 int64_t antialias_hash_capacity(int64_t T);
 // Fills the hash (slot memory provided by the caller), then the neighbour table nbr[3T]: for edge
 // e = (v[e], v[(e+1)%3]) of triangle t, the opposite vertex of the lowest-index other triangle with that
-// edge, or -1 without one. Pixels then look an edge up in one load.
-cudaError_t antialias_build_hash_cuda(const int* tri, int64_t T, AntialiasHash h, int* nbr, cudaStream_t stream);
+// edge, or -1 without one. Pixels then look an edge up in one load. gate (optional): one int of device
+// memory for later refreshes, zeroed here.
+cudaError_t antialias_build_hash_cuda(const int* tri, int64_t T, AntialiasHash h, int* nbr, int* gate,
+                                      cudaStream_t stream);
 // Same result for a hash/nbr pair built earlier from the triangles now in tri_copy: the device compares
-// tri with tri_copy and rebuilds (and updates tri_copy) only where they differ, with no host
-// synchronization. `gate` is one int of device scratch.
+// tri with tri_copy and rebuilds (and updates tri_copy) only if they differ, with no host
+// synchronization. gate: the int zeroed by the build; epoch: a value this gate has not seen (not 0),
+// e.g. a counter incremented per refresh.
 cudaError_t antialias_refresh_hash_cuda(const int* tri, int* tri_copy, int64_t T, AntialiasHash h, int* nbr,
-                                        int* gate, cudaStream_t stream);
+                                        int* gate, int epoch, cudaStream_t stream);
 
 struct AntialiasParams {
   const float* color;  // [N, H, W, C]

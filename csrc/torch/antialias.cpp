@@ -55,13 +55,16 @@ at::Tensor antialias_topology_hash(const at::Tensor& tri) {
   hh.slots = reinterpret_cast<uint64_t*>(h.data_ptr<int64_t>());
   hh.capacity = cap;
   int* nbr = reinterpret_cast<int*>(h.data_ptr<int64_t>() + 2 * cap);
-  NVDR_CUDA_CHECK(antialias_build_hash_cuda(tri.data_ptr<int>(), T, hh, nbr, nvdr::current_stream(tri)));
+  int* gate = reinterpret_cast<int*>(h.data_ptr<int64_t>() + h.numel() - 1);
+  NVDR_CUDA_CHECK(antialias_build_hash_cuda(tri.data_ptr<int>(), T, hh, nbr, gate, nvdr::current_stream(tri)));
   return h;
 }
 
 // Brings `topology` (built from the triangles now in tri_copy) up to date with tri: the GPU compares the two
-// and rebuilds only on a difference, without a host synchronization.
-void antialias_topology_refresh(const at::Tensor& tri, const at::Tensor& tri_copy, const at::Tensor& topology) {
+// and rebuilds only on a difference, without a host synchronization. epoch: new for every refresh of this
+// topology (a per-topology counter), never 0.
+void antialias_topology_refresh(const at::Tensor& tri, const at::Tensor& tri_copy, const at::Tensor& topology,
+                                int64_t epoch) {
   c10::cuda::CUDAGuard guard(tri.device());
   const char* op = "antialias_topology_refresh";
   check_tri(tri, op);
@@ -71,8 +74,9 @@ void antialias_topology_refresh(const at::Tensor& tri, const at::Tensor& tri_cop
   int* nbr = nullptr;
   AntialiasHash hh = view_hash(topology, tri.size(0), tri.device(), op, &nbr);
   int* gate = reinterpret_cast<int*>(topology.data_ptr<int64_t>() + topology.numel() - 1);
+  TORCH_CHECK(epoch > 0 && epoch < (int64_t(1) << 31), op, "(): epoch must be in [1, 2^31), got ", epoch);
   NVDR_CUDA_CHECK(antialias_refresh_hash_cuda(tri.data_ptr<int>(), tri_copy.data_ptr<int>(), tri.size(0), hh, nbr,
-                                              gate, nvdr::current_stream(tri)));
+                                              gate, (int)epoch, nvdr::current_stream(tri)));
 }
 
 AntialiasParams make_params(const at::Tensor& color, const at::Tensor& rast, const at::Tensor& pos,
@@ -206,7 +210,7 @@ std::tuple<at::Tensor, at::Tensor> antialias_bwd_meta(const at::Tensor& color, c
 
 TORCH_LIBRARY_FRAGMENT(nvdiffrast, m) {
   m.def("antialias_topology_hash(Tensor tri) -> Tensor");
-  m.def("antialias_topology_refresh(Tensor tri, Tensor(a!) tri_copy, Tensor(b!) topology) -> ()");
+  m.def("antialias_topology_refresh(Tensor tri, Tensor(a!) tri_copy, Tensor(b!) topology, int epoch) -> ()");
   m.def(
       "antialias_fwd(Tensor color, Tensor rast, Tensor pos, Tensor tri, Tensor topology) -> (Tensor, Tensor, "
       "Tensor, Tensor)");

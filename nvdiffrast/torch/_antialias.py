@@ -107,11 +107,11 @@ def antialias(
     _checks.require_tensor(_OP, "rast", rast)
     _checks.require_tensor(_OP, "pos", pos)
     _checks.require_tensor(_OP, "tri", tri)
-    _checks.require(
-        topology_hash is None or isinstance(topology_hash, TopologyHashWrapper), _OP,
-        f"topology_hash must be None or the result of antialias_construct_topology_hash(), "
-        f"got {type(topology_hash).__name__}",
-    )
+    if not (topology_hash is None or isinstance(topology_hash, TopologyHashWrapper)):
+        raise AssertionError(
+            f"{_OP}(): topology_hash must be None or the result of antialias_construct_topology_hash(), "
+            f"got {type(topology_hash).__name__}"
+        )
     try:
         boost = float(pos_gradient_boost)
     except (TypeError, ValueError) as exc:

@@ -26,11 +26,13 @@ def require(cond: bool, op: str, msg: str) -> None:
 
 
 def require_tensor(op: str, name: str, x: Any) -> None:
-    require(isinstance(x, torch.Tensor), op, f"{name} must be a torch.Tensor, got {_describe(x)}")
+    if not isinstance(x, torch.Tensor):  # the message is only formatted on failure (hot path)
+        raise AssertionError(f"{op}(): {name} must be a torch.Tensor, got {_describe(x)}")
 
 
 def require_bool(op: str, name: str, x: Any) -> None:
-    require(isinstance(x, bool), op, f"{name} must be a bool, got {_describe(x)}")
+    if not isinstance(x, bool):
+        raise AssertionError(f"{op}(): {name} must be a bool, got {_describe(x)}")
 
 
 def check_dtype(op: str, dtype: torch.dtype, **tensors: Optional[torch.Tensor]) -> None:

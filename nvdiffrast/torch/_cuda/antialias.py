@@ -26,7 +26,8 @@ from ... import _loader
 # At most this many reused topologies, each at most this large (the hash of a 1.3M-triangle mesh is 134 MB).
 _CACHE_ENTRIES = 4
 _CACHE_MAX_BYTES = 1 << 30
-_cache: OrderedDict[tuple[int, int, int], tuple[Tensor, Tensor]] = OrderedDict()
+# (device index, stream, T) -> [copy of tri, topology, refresh epoch]
+_cache: OrderedDict[tuple[int, int, int], list[Any]] = OrderedDict()
 _cache_lock = threading.Lock()
 
 
@@ -47,22 +48,31 @@ def antialias_topology_hash(tri: Tensor, reuse: bool = False) -> Any:
     ``reuse=True``: a kept topology brought up to date with ``tri`` on the GPU (see the module notes)."""
     if not reuse or os.environ.get("NVDIFFRAST_TOPOLOGY_CACHE", "1") == "0":
         return _ops().antialias_topology_hash(tri)
-    key = (tri.device.index, torch.cuda.current_stream(tri.device).cuda_stream, tri.shape[0])
+    dev = tri.get_device()
+    key = (dev, _current_stream(dev), tri.shape[0])
     with _cache_lock:
         entry = _cache.get(key)
         if entry is not None:
             _cache.move_to_end(key)
+            # A fresh epoch per refresh lets the GPU-side gate skip a reset (see antialias_refresh_hash_cuda).
+            entry[2] = entry[2] % (2**31 - 1) + 1
+            tri_copy, topo, epoch = entry
     if entry is not None:
-        tri_copy, topo = entry
-        _ops().antialias_topology_refresh(tri, tri_copy, topo)
+        _ops().antialias_topology_refresh(tri, tri_copy, topo, epoch)
         return topo
     topo = _ops().antialias_topology_hash(tri)
     if topo.numel() * topo.element_size() <= _CACHE_MAX_BYTES:
         with _cache_lock:
-            _cache[key] = (tri.clone(), topo)
+            _cache[key] = [tri.clone(), topo, 0]
             while len(_cache) > _CACHE_ENTRIES:
                 _cache.popitem(last=False)
     return topo
+
+
+def _current_stream(dev: int) -> int:
+    """Handle of the current CUDA stream of device ``dev`` (the cheap private accessor when present)."""
+    raw = getattr(torch._C, "_cuda_getCurrentRawStream", None)
+    return int(raw(dev)) if raw is not None else torch.cuda.current_stream(dev).cuda_stream
 
 
 def antialias_fwd(color: Tensor, rast: Tensor, pos: Tensor, tri: Tensor, topology: Any) -> tuple[Tensor, Any]:
