@@ -157,6 +157,30 @@ __device__ bool is_silhouette(const AntialiasParams& p, int64_t n, int64_t t, in
   return side_of(a, b, load_vertex(p, n, vk)) * side_of(a, b, load_vertex(p, n, best_v)) > 0;
 }
 
+// Silhouette bits of triangle t in image n (bit e: edge e), computed once per call for all triangles: an
+// item then rejects a non-silhouette owner triangle before any projection, and needs no topology probe.
+__global__ void antialias_silhouette_kernel(AntialiasParams p, int64_t images, uint8_t* sil) {
+  const int64_t total = images * p.T;
+  for (int64_t idx = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; idx < total;
+       idx += (int64_t)gridDim.x * blockDim.x) {
+    const int64_t n = idx / p.T, t = idx - n * p.T;
+    int v[3];
+    bool valid = true;
+#pragma unroll
+    for (int k = 0; k < 3; ++k) {
+      v[k] = p.tri[3 * t + k];
+      valid &= v[k] >= 0 && (int64_t)v[k] < p.V;
+    }
+    unsigned m = 0;
+    if (valid) {
+#pragma unroll
+      for (int e = 0; e < 3; ++e)
+        if (is_silhouette(p, n, t, e, v[e], v[(e + 1) % 3], v[(e + 2) % 3])) m |= 1u << e;
+    }
+    sil[idx] = (uint8_t)m;
+  }
+}
+
 struct Item {
   bool ok;
   float alpha;     // signed blend weight
@@ -213,6 +237,11 @@ __device__ Item eval_item(const AntialiasParams& p, int64_t n, int x0, int y0, i
   if (t0 >= 0 && t1 >= 0) owner = r0.z < r1.z ? 0 : 1;
   else owner = t0 >= 0 ? 0 : 1;
   const int64_t t = owner ? t1 : t0;
+  unsigned sil = 7u;
+  if (check_silhouette && p.sil) {
+    sil = p.sil[(p.pos_batched ? n : 0) * p.T + t];
+    if (!sil) return it;  // no edge of the owner is a silhouette
+  }
   int vi[3];
   Proj pr[3];
 #pragma unroll
@@ -251,7 +280,7 @@ __device__ Item eval_item(const AntialiasParams& p, int64_t n, int x0, int y0, i
   const int vii = sel3(vi, i), vij = sel3(vi, j), vik = sel3(vi, k);
   if (!(fabs(bj - bi) >= fabs(aj - ai))) return it;
   if (!(best_d >= -1.0 / 16.0 && best_d <= 1.0 + 1.0 / 16.0)) return it;
-  if (check_silhouette && !is_silhouette(p, n, t, i, vii, vij, vik)) return it;
+  if (check_silhouette && !(p.sil ? ((sil >> i) & 1u) != 0 : is_silhouette(p, n, t, i, vii, vij, vik))) return it;
   const double dc = fmin(fmax(best_d, 0.0), 1.0);
   double alpha = 0.5 - dc;
   if (owner) alpha = -alpha;
@@ -318,7 +347,7 @@ __global__ void antialias_eval_kernel(AntialiasParams p, uint8_t* flags, float2*
 constexpr int kClassifyPer = 8;  // pixels per thread and step
 constexpr int kClassifyPix = kClassifyPer * kBlock;
 
-__global__ void __launch_bounds__(kBlock) antialias_items_kernel(AntialiasParams p, uint8_t* flags, float2* alpha,
+__global__ void __launch_bounds__(kBlock, 4) antialias_items_kernel(AntialiasParams p, uint8_t* flags, float2* alpha,
                                                                uint32_t* grad_items) {
   __shared__ uint32_t list[2 * kClassifyPix];
   __shared__ uint32_t sflags[kClassifyPix / 4];  // one byte per pixel of the step
@@ -493,16 +522,34 @@ __global__ void antialias_gather_kernel(AntialiasParams p, const uint8_t* flags,
   }
 }
 
-// Does any item touch the four pixels pix0 .. pix0 + 3 of one row (pix0 % 4 == 0, W % 4 == 0)?
-__device__ __forceinline__ bool quad_touched(const AntialiasParams& p, const uint8_t* flags, int64_t pix0, int x0,
-                                             int y) {
-  const uint32_t own = reinterpret_cast<const uint32_t*>(flags)[pix0 >> 2];
-  const uint32_t down = y > 0 ? reinterpret_cast<const uint32_t*>(flags + pix0 - p.W)[0] : 0u;
-  const bool left = x0 > 0 && (flags[pix0 - 1] & NVDR_AA_RIGHT);
-  return (own & 0x03030303u) || (down & 0x02020202u) || left;
+// Flag bytes around the quad pix0 .. pix0 + 3 of one row (pix0 % 4 == 0, W % 4 == 0): its own four, the
+// four below it, and the left neighbour's.
+struct QuadFlags {
+  uint32_t own, down;
+  unsigned left;
+  __device__ __forceinline__ bool touched() const {
+    return (own & 0x03030303u) || (down & 0x02020202u) || (left & NVDR_AA_RIGHT);
+  }
+  // The items touching pixel k of the quad (as touching() for that pixel).
+  __device__ __forceinline__ Touch pixel(int k) const {
+    Touch t;
+    t.own = (own >> (8 * k)) & (NVDR_AA_RIGHT | NVDR_AA_UP);
+    t.left = ((k > 0 ? own >> (8 * (k - 1)) : left) & NVDR_AA_RIGHT) != 0;
+    t.down = ((down >> (8 * k)) & NVDR_AA_UP) != 0;
+    return t;
+  }
+};
+__device__ __forceinline__ QuadFlags quad_flags(const AntialiasParams& p, const uint8_t* flags, int64_t pix0, int x0,
+                                                int y) {
+  QuadFlags q;
+  q.own = reinterpret_cast<const uint32_t*>(flags)[pix0 >> 2];
+  q.down = y > 0 ? reinterpret_cast<const uint32_t*>(flags + pix0 - p.W)[0] : 0u;
+  q.left = x0 > 0 ? flags[pix0 - 1] : 0u;
+  return q;
 }
 
-// Gather for images with W % 4 == 0, four pixels per thread: untouched quads (nearly all) move as float4.
+// Gather for images with W % 4 == 0, four pixels per thread: colours move as float4, and the items of the
+// quad are applied in registers in gather_pixel's order.
 template <int CC>
 __global__ void antialias_gather4_kernel(AntialiasParams p, const uint8_t* flags, const float2* alpha) {
   const int64_t quads = p.N * p.H * p.W / 4;
@@ -511,14 +558,68 @@ __global__ void antialias_gather4_kernel(AntialiasParams p, const uint8_t* flags
     int64_t n;
     int x0, y;
     pixel_coords(p, pix0, n, x0, y);
-    if (quad_touched(p, flags, pix0, x0, y)) {
-      for (int k = 0; k < 4; ++k) gather_pixel<CC>(p, flags, alpha, pix0 + k, x0 + k, y);
-    } else {
-      const float4* src = reinterpret_cast<const float4*>(p.color + pix0 * CC);
-      float4* dst = reinterpret_cast<float4*>(p.out + pix0 * CC);
+    const QuadFlags qf = quad_flags(p, flags, pix0, x0, y);
+    float v[4 * CC];
+    const float4* src = reinterpret_cast<const float4*>(p.color + pix0 * CC);
 #pragma unroll
-      for (int k = 0; k < CC; ++k) dst[k] = src[k];
+    for (int k = 0; k < CC; ++k) {
+      const float4 f = src[k];
+      v[4 * k] = f.x;
+      v[4 * k + 1] = f.y;
+      v[4 * k + 2] = f.z;
+      v[4 * k + 3] = f.w;
     }
+    float o[4 * CC];
+#pragma unroll
+    for (int k = 0; k < 4 * CC; ++k) o[k] = v[k];
+    if (qf.touched()) {
+#pragma unroll
+      for (int k = 0; k < 4; ++k) {
+        const Touch tc = qf.pixel(k);
+        if (!tc.own && !tc.left && !tc.down) continue;
+        const int64_t pix = pix0 + k;
+        // Partner colours by value (k is a constant after unrolling, so v stays in registers).
+        float w[4] = {0.f, 0.f, 0.f, 0.f};
+        float pc[4][CC];
+        if (tc.own) {
+          const float2 a = alpha[pix];
+          if ((tc.own & NVDR_AA_RIGHT) && a.x > 0.f) {
+            w[0] = a.x;
+#pragma unroll
+            for (int c = 0; c < CC; ++c) pc[0][c] = k < 3 ? v[(k + 1) * CC + c] : p.color[(pix + 1) * CC + c];
+          }
+          if ((tc.own & NVDR_AA_UP) && a.y > 0.f) {
+            w[1] = a.y;
+#pragma unroll
+            for (int c = 0; c < CC; ++c) pc[1][c] = p.color[(pix + p.W) * CC + c];
+          }
+        }
+        if (tc.left) {
+          const float a = alpha[pix - 1].x;
+          if (!(a > 0.f)) {
+            w[2] = -a;
+#pragma unroll
+            for (int c = 0; c < CC; ++c) pc[2][c] = k > 0 ? v[(k - 1) * CC + c] : p.color[(pix - 1) * CC + c];
+          }
+        }
+        if (tc.down) {
+          const float a = alpha[pix - p.W].y;
+          if (!(a > 0.f)) {
+            w[3] = -a;
+#pragma unroll
+            for (int c = 0; c < CC; ++c) pc[3][c] = p.color[(pix - p.W) * CC + c];
+          }
+        }
+#pragma unroll
+        for (int j = 0; j < 4; ++j)
+          if (w[j] != 0.f)
+#pragma unroll
+            for (int c = 0; c < CC; ++c) o[k * CC + c] += w[j] * (pc[j][c] - v[k * CC + c]);
+      }
+    }
+    float4* dst = reinterpret_cast<float4*>(p.out + pix0 * CC);
+#pragma unroll
+    for (int k = 0; k < CC; ++k) dst[k] = make_float4(o[4 * k], o[4 * k + 1], o[4 * k + 2], o[4 * k + 3]);
   }
 }
 
@@ -583,9 +684,15 @@ __device__ __forceinline__ void item_pos_grad(const AntialiasParams& p, const Dy
       det_vals[(pix * 4 + s) * 3 + 2] = gw;
     } else {
       float* gp = p.grad_pos + row * 4;
+// One vector atomic per vertex on sm_90 from CUDA 12.1 on (z gets 0); older toolkits / archs use scalars.
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900 && \
+    (__CUDACC_VER_MAJOR__ > 12 || (__CUDACC_VER_MAJOR__ == 12 && __CUDACC_VER_MINOR__ >= 1))
+      atomicAdd(reinterpret_cast<float4*>(gp), make_float4(gx, gy, 0.f, gw));
+#else
       atomicAdd(gp + 0, gx);
       atomicAdd(gp + 1, gy);
       atomicAdd(gp + 3, gw);
+#endif
     }
   }
 }
@@ -665,7 +772,8 @@ __global__ void antialias_bwd_kernel(AntialiasParams p, const uint8_t* flags, co
   }
 }
 
-// Colour gradient for images with W % 4 == 0, four pixels per thread: untouched quads store float4s.
+// Colour gradient for images with W % 4 == 0, four pixels per thread (bwd_color_pixel's order, float4
+// stores).
 template <int CC>
 __global__ void antialias_bwd4_kernel(AntialiasParams p, const uint8_t* flags, const float2* alpha) {
   const int64_t quads = p.N * p.H * p.W / 4;
@@ -676,19 +784,47 @@ __global__ void antialias_bwd4_kernel(AntialiasParams p, const uint8_t* flags, c
     int64_t n;
     int x0, y;
     pixel_coords(p, pix0, n, x0, y);
-    const int64_t d0 = d.at(pix0, CC, n, x0, y, contig);
-    if (quad_touched(p, flags, pix0, x0, y)) {
-      for (int k = 0; k < 4; ++k) bwd_color_pixel<CC>(p, d, flags, alpha, pix0 + k, x0 + k, y, d0 + k * d.sx);
-    } else {
-      float v[4 * CC];
+    const int64_t d00 = d.at(pix0, CC, n, x0, y, contig);
+    const QuadFlags qf = quad_flags(p, flags, pix0, x0, y);
+    float o[4 * CC];
 #pragma unroll
-      for (int k = 0; k < 4; ++k)
+    for (int k = 0; k < 4; ++k)
 #pragma unroll
-        for (int c = 0; c < CC; ++c) v[k * CC + c] = p.dy[d0 + k * d.sx + c * d.cs];
-      float4* dst = reinterpret_cast<float4*>(p.grad_color + pix0 * CC);
+      for (int c = 0; c < CC; ++c) o[k * CC + c] = p.dy[d00 + k * d.sx + c * d.cs];
+    if (qf.touched()) {
 #pragma unroll
-      for (int k = 0; k < CC; ++k) dst[k] = make_float4(v[4 * k], v[4 * k + 1], v[4 * k + 2], v[4 * k + 3]);
+      for (int k = 0; k < 4; ++k) {
+        const Touch tc = qf.pixel(k);
+        if (!tc.own && !tc.left && !tc.down) continue;
+        const int64_t pix = pix0 + k;
+        const float* g0 = p.dy + d00 + k * d.sx;
+        float w[4] = {0.f, 0.f, 0.f, 0.f};
+        const float* gt[4] = {g0, g0, g0, g0};
+        if (tc.own) {
+          const float2 a = alpha[pix];
+          if (tc.own & NVDR_AA_RIGHT) { w[0] = -a.x; gt[0] = a.x > 0.f ? g0 : g0 + d.sx; }
+          if (tc.own & NVDR_AA_UP) { w[1] = -a.y; gt[1] = a.y > 0.f ? g0 : g0 + d.sy; }
+        }
+        if (tc.left) {
+          const float a = alpha[pix - 1].x;
+          w[2] = a;
+          gt[2] = a > 0.f ? g0 - d.sx : g0;
+        }
+        if (tc.down) {
+          const float a = alpha[pix - p.W].y;
+          w[3] = a;
+          gt[3] = a > 0.f ? g0 - d.sy : g0;
+        }
+#pragma unroll
+        for (int j = 0; j < 4; ++j)
+          if (w[j] != 0.f)
+#pragma unroll
+            for (int c = 0; c < CC; ++c) o[k * CC + c] += w[j] * gt[j][c * d.cs];
+      }
     }
+    float4* dst = reinterpret_cast<float4*>(p.grad_color + pix0 * CC);
+#pragma unroll
+    for (int k = 0; k < CC; ++k) dst[k] = make_float4(o[4 * k], o[4 * k + 1], o[4 * k + 2], o[4 * k + 3]);
   }
 }
 
@@ -781,12 +917,28 @@ cudaError_t antialias_refresh_hash_cuda(const int* tri, int* tri_copy, int64_t T
 // Grid of the list kernels, whose item count lives on the device (no host synchronization).
 static int list_grid(int64_t max_items) { return nvdr_grid_1d(max_items, kBlock, 1024); }
 
-cudaError_t antialias_fwd_cuda(const AntialiasParams& p, uint8_t* flags, float* alpha, uint32_t* grad_items,
-                               cudaStream_t stream) {
+// Per-call silhouette bits (see antialias_silhouette_kernel) in scratch memory, when their size is
+// reasonable; otherwise the items probe the neighbour table themselves.
+static cudaError_t with_silhouettes(AntialiasParams& p, const NvdrAllocator& alloc, cudaStream_t stream) {
+  p.sil = nullptr;
+  const int64_t images = p.pos_batched ? p.N : 1;
+  if (p.T <= 0 || images * p.T > (int64_t(1) << 30)) return cudaSuccess;
+  uint8_t* sil = alloc.get<uint8_t>(images * p.T);
+  if (!sil) return cudaErrorMemoryAllocation;
+  antialias_silhouette_kernel<<<nvdr_grid_1d(images * p.T, kBlock), kBlock, 0, stream>>>(p, images, sil);
+  NVDR_RETURN_IF_LAUNCH_ERROR();
+  p.sil = sil;
+  return cudaSuccess;
+}
+
+cudaError_t antialias_fwd_cuda(const AntialiasParams& p_in, uint8_t* flags, float* alpha, uint32_t* grad_items,
+                               const NvdrAllocator& alloc, cudaStream_t stream) {
+  AntialiasParams p = p_in;
   const int64_t total = p.N * p.H * p.W;
   if (!p.nbr || !flags || !alpha) return cudaErrorInvalidValue;
   if (grad_items) NVDR_RETURN_IF_ERROR(cudaMemsetAsync(grad_items, 0, sizeof(uint32_t), stream));
   if (total <= 0) return cudaSuccess;
+  NVDR_RETURN_IF_ERROR(with_silhouettes(p, alloc, stream));
   float2* a = reinterpret_cast<float2*>(alpha);
   if (grad_items) {
     if (2 * total + 1 >= (int64_t(1) << 32)) return cudaErrorInvalidValue;
@@ -809,9 +961,11 @@ cudaError_t antialias_fwd_cuda(const AntialiasParams& p, uint8_t* flags, float* 
   });
 }
 
-cudaError_t antialias_bwd_cuda(const AntialiasParams& p, const uint8_t* flags, const float* alpha,
+cudaError_t antialias_bwd_cuda(const AntialiasParams& p_in, const uint8_t* flags, const float* alpha,
                                const uint32_t* grad_items, int deterministic, const NvdrAllocator& alloc,
                                cudaStream_t stream) {
+  AntialiasParams p = p_in;
+  p.sil = nullptr;
   const int64_t rows = (p.pos_batched ? p.N : 1) * p.V;
   NVDR_RETURN_IF_ERROR(cudaMemsetAsync(p.grad_pos, 0, (size_t)(rows * 4) * sizeof(float), stream));
   const int64_t total = p.N * p.H * p.W;
@@ -823,6 +977,7 @@ cudaError_t antialias_bwd_cuda(const AntialiasParams& p, const uint8_t* flags, c
     uint8_t* f_new = alloc.get<uint8_t>(total);
     float2* a_new = alloc.get<float2>(total);
     if (!f_new || !a_new) return cudaErrorMemoryAllocation;
+    NVDR_RETURN_IF_ERROR(with_silhouettes(p, alloc, stream));
     antialias_eval_kernel<<<nvdr_grid_1d(total, kBlock), kBlock, 0, stream>>>(p, f_new, a_new);
     NVDR_RETURN_IF_LAUNCH_ERROR();
     flags = f_new;

@@ -39,6 +39,8 @@ struct AntialiasParams {
   int pos_batched;
   const int* nbr;      // [T * 3] neighbour table (see antialias_build_hash_cuda); only the forward and a
                        // backward without saved forward state read it
+  const uint8_t* sil;  // internal: per image (one for unbatched pos) and triangle, bit e = edge e is a
+                       // silhouette; set by the kernels' host code, leave nullptr
   float* out;          // forward output, like color
 
   const float* dy;     // backward input, like color, read with element strides dy_s (n, h, w, c)
@@ -57,7 +59,7 @@ struct AntialiasParams {
 enum : uint8_t { NVDR_AA_RIGHT = 1, NVDR_AA_UP = 2, NVDR_AA_RIGHT_GRAD = 4, NVDR_AA_UP_GRAD = 8 };
 
 cudaError_t antialias_fwd_cuda(const AntialiasParams& p, uint8_t* flags, float* alpha, uint32_t* grad_items,
-                               cudaStream_t stream);
+                               const NvdrAllocator& alloc, cudaStream_t stream);
 // Backward. flags/alpha from the forward, or nullptr to evaluate the items again (needs p.nbr).
 // grad_items from the forward (or nullptr) limits the position-gradient pass to those items
 // (non-deterministic mode). With saved forward state the topology is not read.

@@ -126,9 +126,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> antialias_fwd(const a
   const bool compact = 2 * total + 1 < (int64_t(1) << 32);
   at::Tensor items = at::empty({compact ? 1 + 2 * total : 0}, color.options().dtype(at::kInt));
   p.out = out.data_ptr<float>();
+  Scratch scratch(color.device());
   NVDR_CUDA_CHECK(antialias_fwd_cuda(p, flags.data_ptr<uint8_t>(), alpha.data_ptr<float>(),
                                      compact ? reinterpret_cast<uint32_t*>(items.data_ptr<int>()) : nullptr,
-                                     nvdr::current_stream(color)));
+                                     scratch.handle(), nvdr::current_stream(color)));
   return {out, alpha, flags, items};
 }
 
