@@ -104,14 +104,18 @@ __global__ void mip_tail_kernel(const NVDR_GRID_CONSTANT MipParams p, int first)
 }
 
 // One thread per base texel (all channels); level coordinates by shifts (sizes halve level to level).
+// I: the texel index type, 32-bit whenever the base level's texels allow (the kernel is bound by its
+// integer instructions).
+template <class I>
 __global__ void mip_adjoint_kernel(const NVDR_GRID_CONSTANT MipParams p) {
-  const int64_t H0 = p.h[0], W0 = p.w[0], C = p.C, S = p.in_stride;
-  const int64_t rows = p.batch * H0;
-  for (int64_t r = blockIdx.y; r < rows; r += gridDim.y) {
-    const int64_t b = r / H0;
+  const I H0 = p.h[0], W0 = p.w[0];
+  const int64_t C = p.C, S = p.in_stride;
+  const I rows = (I)p.batch * H0;
+  for (I r = blockIdx.y; r < rows; r += gridDim.y) {
+    const I b = r / H0;
     const int i = (int)(r - b * H0);
     for (int j = blockIdx.x * blockDim.x + threadIdx.x; j < W0; j += gridDim.x * blockDim.x) {
-      const int64_t t0 = r * W0 + j;
+      const I t0 = r * W0 + j;
       if (C <= 4) {
         // All channels at once, levels in the outer loop (one index computation and, for padded
         // gradients, one vector load per level).
@@ -126,7 +130,7 @@ __global__ void mip_adjoint_kernel(const NVDR_GRID_CONSTANT MipParams p) {
           if (l >= p.num_levels) break;
           const float* src = p.in[l];
           if (!src) continue;
-          const int64_t idx = (b * p.h[l] + (i >> p.sh_h[l])) * p.w[l] + (j >> p.sh_w[l]);
+          const I idx = (b * (I)p.h[l] + (I)(i >> p.sh_h[l])) * (I)p.w[l] + (I)(j >> p.sh_w[l]);
           const float sc = p.scale[l];
           if (p.vec4) {
             const float4 v = __ldg(reinterpret_cast<const float4*>(src) + idx);
@@ -214,8 +218,12 @@ cudaError_t mip_adjoint_cuda(const MipParams& p_in, cudaStream_t stream) {
   const int64_t rows = p.batch * p.h[0];
   if (rows <= 0 || p.C <= 0) return cudaSuccess;
   const int bx = 128;
+  const bool idx32 = rows * p.w[0] < (int64_t(1) << 31);
   dim3 grid((unsigned)((p.w[0] + bx - 1) / bx), (unsigned)(rows < 65535 ? rows : 65535));
-  mip_adjoint_kernel<<<grid, bx, 0, stream>>>(p);
+  if (idx32)
+    mip_adjoint_kernel<uint32_t><<<grid, bx, 0, stream>>>(p);
+  else
+    mip_adjoint_kernel<int64_t><<<grid, bx, 0, stream>>>(p);
   NVDR_RETURN_IF_LAUNCH_ERROR();
   return cudaSuccess;
 }

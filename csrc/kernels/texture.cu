@@ -193,9 +193,10 @@ __device__ __forceinline__ Pix setup_pixel(const TextureParams& p, int64_t pix) 
   return q;
 }
 
+// j in [-size, 2 size): the footprint clamps coordinates to [-1, size], so one step of wrapping is
+// enough (an integer modulo costs tens of instructions per texel).
 __device__ __forceinline__ int wrap_index(int j, int size) {
-  j %= size;
-  return j < 0 ? j + size : j;
+  return j < 0 ? j + size : (j >= size ? j - size : j);
 }
 
 template <bool CUBE>
@@ -581,13 +582,68 @@ __device__ __forceinline__ unsigned warp_or(unsigned v) {
 #endif
 }
 
+// Run-aggregated scatter of one footprint slot: lanes holding the same key (contiguous runs, see
+// above) sum v over the run and its first lane adds the sum to the texel. KEY is uint32_t for the
+// compact C <= 4 path, int64_t otherwise; kNone marks lanes without a contribution.
+template <class KEY>
+__device__ __forceinline__ void run_heads(KEY key, KEY none, int lane, bool& head, unsigned& same, unsigned& need) {
+  const unsigned full = 0xffffffffu;
+  const KEY prev = __shfl_up_sync(full, key, 1);
+  head = key != none && (lane == 0 || prev != key);
+  // bit i of same: lane + 2^i belongs to this lane's run (no run head in between). need: the steps
+  // of the segmented sum that any lane uses (runs are short, so usually one or two).
+  const unsigned heads = __ballot_sync(full, lane == 0 || prev != key);
+  const unsigned after = lane == 31 ? 0u : (heads >> (lane + 1));
+  same = 0;
+#pragma unroll
+  for (int i = 0; i < 5; ++i) {
+    const int d = 1 << i;
+    if (lane + d < 32 && (after & ((1u << d) - 1u)) == 0u) same |= 1u << i;
+  }
+  need = warp_or(same);
+}
+
+__device__ __forceinline__ float run_sum(float x, unsigned same, unsigned need) {
+#pragma unroll
+  for (int i = 0; i < 5; ++i) {
+    if (!(need & (1u << i))) break;  // uniform
+    const float o = __shfl_down_sync(0xffffffffu, x, 1 << i);
+    if (same & (1u << i)) x += o;
+  }
+  return x;
+}
+
+// Adds v[0..C) to the texel gradient at dst: one vector atomic where the buffer is padded (sm_90+).
+__device__ __forceinline__ void texel_atomic_add(float* dst, const float v[4], int64_t C, int64_t stride) {
+// Vector float atomics exist on sm_90 from CUDA 12.1 on; older toolkits (our cu118 builds) use scalars.
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900 && \
+    (__CUDACC_VER_MAJOR__ > 12 || (__CUDACC_VER_MAJOR__ == 12 && __CUDACC_VER_MINOR__ >= 1))
+  if (stride == 4) {
+    atomicAdd(reinterpret_cast<float4*>(dst), make_float4(v[0], v[1], v[2], v[3]));
+    return;
+  }
+  if (stride == 2 && C == 2) {
+    atomicAdd(reinterpret_cast<float2*>(dst), make_float2(v[0], v[1]));
+    return;
+  }
+#endif
+#pragma unroll
+  for (int c = 0; c < 4; ++c)
+    if (c < C && v[c] != 0.f) atomicAdd(dst + c, v[c]);
+}
+
 // PARAMS / SCATTER select the halves (uv / uv_da / bias gradients, texel gradients); without texel
-// gradients wanted only the first runs.
-// Occupancy matters more than a few spills: four blocks per SM for the 2-D variant with texel gradients
-// (register cap 64; measured faster than three on H200 for the mid, big and hires benchmark workloads),
-// three for the 2-D variant without (register cap 85).
-template <bool PARAMS, bool SCATTER, bool CUBE>
-__global__ void __launch_bounds__(kBlock, CUBE ? 1 : (SCATTER ? 4 : 3)) texture_bwd_warp_kernel(const NVDR_GRID_CONSTANT TextureParams p) {
+// gradients wanted only the first runs. The parameter gradients are written first: the scatter then
+// needs only the eight (key, weight) pairs and dy, not the whole footprint state (fewer registers live
+// across it, so fewer spills). SCATTER: kScatterNone, kScatterCompact (C <= 4 and 32-bit keys, the
+// host checks that every texel index fits) or kScatterGeneral.
+constexpr int kScatterNone = 0, kScatterCompact = 1, kScatterGeneral = 2;
+
+// Occupancy matters more than a few spills: four blocks per SM for the 2-D variants with texel
+// gradients (register cap 64; measured faster than three on H200 for the mid, big and hires benchmark
+// workloads, also after the compact scatter: 1.57 vs 1.73 ms on mid), three without (cap 85).
+template <bool PARAMS, int SCATTER, bool CUBE>
+__global__ void __launch_bounds__(kBlock, CUBE ? 1 : (SCATTER != kScatterNone ? 4 : 3)) texture_bwd_warp_kernel(const NVDR_GRID_CONSTANT TextureParams p) {
   const int64_t total = p.N * p.h * p.w;
   const int64_t C = p.C;
   const int lane = threadIdx.x & 31;
@@ -603,16 +659,60 @@ __global__ void __launch_bounds__(kBlock, CUBE ? 1 : (SCATTER ? 4 : 3)) texture_
     b.w0 = 1.f;
     b.w1 = 0.f;
     if (in) b = prepare_bwd<CUBE>(p, pix);
+    if (PARAMS && in) write_param_grads<CUBE>(p, pix, b);
+    if (SCATTER == kScatterNone) continue;
     const float* g = dy_at(p, in ? pix : 0);
     const int64_t sc = p.dy_contig ? 1 : p.dy_sc;
+    if (SCATTER == kScatterCompact) {
+      constexpr uint32_t kNone = 0xffffffffu;
+      uint32_t key[8];
+      float a[8];
+#pragma unroll
+      for (int s = 0; s < 8; ++s) {
+        key[s] = kNone;
+        a[s] = 0.f;
+      }
+      if (b.q.valid) {
+        float gw[4];
+        grad_weights(b.f0, gw);
+        const uint32_t off0 = (uint32_t)p.level_offset[b.q.l0];
+#pragma unroll
+        for (int k = 0; k < 4; ++k) {
+          a[k] = gw[k] * b.w0;
+          if (b.f0.idx[k] >= 0 && a[k] != 0.f) key[k] = off0 + (uint32_t)b.f0.idx[k];
+        }
+        if (b.two) {
+          grad_weights(b.f1, gw);
+          const uint32_t off1 = (uint32_t)p.level_offset[b.q.l1];
+#pragma unroll
+          for (int k = 0; k < 4; ++k) {
+            a[4 + k] = gw[k] * b.w1;
+            if (b.f1.idx[k] >= 0 && a[4 + k] != 0.f) key[4 + k] = off1 + (uint32_t)b.f1.idx[k];
+          }
+        }
+      }
+      float gv[4];
+#pragma unroll
+      for (int c = 0; c < 4; ++c) gv[c] = (b.q.valid && c < C) ? g[c * sc] : 0.f;
+#pragma unroll
+      for (int s = 0; s < 8; ++s) {
+        if (__ballot_sync(full, key[s] != kNone) == 0) continue;
+        bool head;
+        unsigned same, need;
+        run_heads<uint32_t>(key[s], kNone, lane, head, same, need);
+        float v[4];
+#pragma unroll
+        for (int c = 0; c < 4; ++c) v[c] = run_sum(key[s] != kNone ? a[s] * gv[c] : 0.f, same, need);
+        if (head) texel_atomic_add(p.grad_flat + (int64_t)key[s] * p.grad_stride, v, C, p.grad_stride);
+      }
+      continue;
+    }
     float gw0[4] = {0.f, 0.f, 0.f, 0.f}, gw1[4] = {0.f, 0.f, 0.f, 0.f};
     if (b.q.valid) {
       grad_weights(b.f0, gw0);
       if (b.two) grad_weights(b.f1, gw1);
     }
-#pragma unroll
     for (int s = 0; s < 8; ++s) {
-      if (!SCATTER || !p.grad_flat) break;  // uniform: only the parameter gradients are wanted
       const int k = s & 3;
       int64_t key = -1;
       float a = 0.f;
@@ -626,66 +726,14 @@ __global__ void __launch_bounds__(kBlock, CUBE ? 1 : (SCATTER ? 4 : 3)) texture_
         }
       }
       if (__ballot_sync(full, key >= 0) == 0) continue;
-      const long long prev = __shfl_up_sync(full, (long long)key, 1);
-      const bool head = lane == 0 || prev != (long long)key;
-      // bit i of same: lane + 2^i belongs to this lane's run (no run head in between). need: the steps
-      // of the segmented sum that any lane uses (runs are short, so usually one or two).
-      const unsigned heads = __ballot_sync(full, head);
-      const unsigned after = lane == 31 ? 0u : (heads >> (lane + 1));
-      unsigned same = 0;
-#pragma unroll
-      for (int i = 0; i < 5; ++i) {
-        const int d = 1 << i;
-        if (lane + d < 32 && (after & ((1u << d) - 1u)) == 0u) same |= 1u << i;
-      }
-      const unsigned need = warp_or(same);
-      if (C <= 4) {
-        // All channels of the run's sum reach its head, which adds them with one vector atomic where
-        // the buffer is padded (sm_90+), else one atomic per channel.
-        float v[4];
-#pragma unroll
-        for (int c = 0; c < 4; ++c) {
-          float x = (key >= 0 && c < C) ? a * g[c * sc] : 0.f;
-#pragma unroll
-          for (int i = 0; i < 5; ++i) {
-            if (!(need & (1u << i))) break;  // uniform
-            const float o = __shfl_down_sync(full, x, 1 << i);
-            if (same & (1u << i)) x += o;
-          }
-          v[c] = x;
-        }
-        if (head && key >= 0) {
-          float* dst = p.grad_flat + key * p.grad_stride;
-// Vector float atomics exist on sm_90 from CUDA 12.1 on; older toolkits (our cu118 builds) use scalars.
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900 && \
-    (__CUDACC_VER_MAJOR__ > 12 || (__CUDACC_VER_MAJOR__ == 12 && __CUDACC_VER_MINOR__ >= 1))
-          if (p.grad_stride == 4) {
-            atomicAdd(reinterpret_cast<float4*>(dst), make_float4(v[0], v[1], v[2], v[3]));
-            continue;
-          }
-          if (p.grad_stride == 2 && C == 2) {
-            atomicAdd(reinterpret_cast<float2*>(dst), make_float2(v[0], v[1]));
-            continue;
-          }
-#endif
-#pragma unroll
-          for (int c = 0; c < 4; ++c)
-            if (c < C && v[c] != 0.f) atomicAdd(dst + c, v[c]);
-        }
-        continue;
-      }
+      bool head;
+      unsigned same, need;
+      run_heads<long long>((long long)key, -1ll, lane, head, same, need);
       for (int64_t c = 0; c < C; ++c) {
-        float v = key >= 0 ? a * g[c * sc] : 0.f;
-#pragma unroll
-        for (int i = 0; i < 5; ++i) {
-          if (!(need & (1u << i))) break;  // uniform
-          const float o = __shfl_down_sync(full, v, 1 << i);
-          if (same & (1u << i)) v += o;
-        }
-        if (head && key >= 0 && v != 0.f) atomicAdd(p.grad_flat + key * p.grad_stride + c, v);
+        const float v = run_sum(key >= 0 ? a * g[c * sc] : 0.f, same, need);
+        if (head && v != 0.f) atomicAdd(p.grad_flat + key * p.grad_stride + c, v);
       }
     }
-    if (PARAMS && in) write_param_grads<CUBE>(p, pix, b);
   }
 }
 
@@ -739,17 +787,23 @@ cudaError_t texture_bwd_cuda(const TextureParams& p, int deterministic, const Nv
   const bool cube = p.boundary == NVDR_BOUNDARY_CUBE;
   if (!p.grad_flat) {
     if (cube)
-      texture_bwd_warp_kernel<true, false, true><<<grid, kBlock, 0, stream>>>(p);
+      texture_bwd_warp_kernel<true, kScatterNone, true><<<grid, kBlock, 0, stream>>>(p);
     else
-      texture_bwd_warp_kernel<true, false, false><<<grid, kBlock, 0, stream>>>(p);
+      texture_bwd_warp_kernel<true, kScatterNone, false><<<grid, kBlock, 0, stream>>>(p);
     NVDR_RETURN_IF_LAUNCH_ERROR();
     return cudaSuccess;
   }
   if (!deterministic) {
-    if (cube)
-      texture_bwd_warp_kernel<true, true, true><<<grid, kBlock, 0, stream>>>(p);
+    // 32-bit keys (one value kept as "none") whenever the texel count allows.
+    const bool compact = p.C <= 4 && p.grad_texels < 0xffffffffll;
+    if (cube && compact)
+      texture_bwd_warp_kernel<true, kScatterCompact, true><<<grid, kBlock, 0, stream>>>(p);
+    else if (cube)
+      texture_bwd_warp_kernel<true, kScatterGeneral, true><<<grid, kBlock, 0, stream>>>(p);
+    else if (compact)
+      texture_bwd_warp_kernel<true, kScatterCompact, false><<<grid, kBlock, 0, stream>>>(p);
     else
-      texture_bwd_warp_kernel<true, true, false><<<grid, kBlock, 0, stream>>>(p);
+      texture_bwd_warp_kernel<true, kScatterGeneral, false><<<grid, kBlock, 0, stream>>>(p);
     NVDR_RETURN_IF_LAUNCH_ERROR();
     return cudaSuccess;
   }

@@ -1,8 +1,11 @@
 """Public ``texture`` and ``texture_construct_mip`` (spec §3.6, §3.7): validation, mip stacks, autograd.
 
 The numbers come from the backend of the tensors' device (``_dispatch.backend_for``) through
-``texture_fwd`` / ``texture_bwd`` of the contract in ``_backend``. Mip stacks are built here with plain
-PyTorch (``_mip``), so every backend receives the full list of levels.
+``texture_fwd`` / ``texture_bwd`` of the contract in ``_backend``. Mip stacks are built here (plain
+PyTorch ``_mip`` on the CPU, one GPU op on CUDA), so every backend receives the full list of levels.
+One exception, for speed: an internal stack of CUDA tensors is built as one flat tensor and sampled by
+the CUDA adapters' ``*_flat`` ops, which take the base texture and that tensor instead of a list (fewer
+allocations, and two tensors instead of k + 1 through the op calls and the autograd node).
 
 Gradient routing of the mip levels (spec §3.6):
 
@@ -14,6 +17,7 @@ Gradient routing of the mip levels (spec §3.6):
 
 from __future__ import annotations
 
+import functools
 import numbers
 from typing import Optional, Union
 
@@ -74,6 +78,15 @@ def _is_level_limit(v: object) -> bool:
 
 def _check_tensors(op: str, named: dict[str, Tensor]) -> None:
     """Device, contiguity and dtype checks shared by all tensor inputs (RuntimeError, spec §6)."""
+    dev = None
+    for t in named.values():  # the common case (all fine) without building the messages' data
+        if dev is None:
+            dev = t.device
+        if t.device != dev or t.dtype != torch.float32 or not t.is_contiguous():
+            break
+    else:
+        if dev is not None and dev.type in ("cpu", "cuda"):
+            return
     _checks.check_same_device(op, **named)
     _checks.check_contiguous(op, **named)
     _checks.check_dtype(op, torch.float32, **named)
@@ -130,10 +143,22 @@ def _check_custom_levels(mip: list, tex: Tensor, cube: bool) -> list[Tensor]:
     return list(mip)
 
 
-def _cuda_texture():  # noqa: ANN202 - module
-    from ._cuda import texture as cuda_texture
+_CUDA_TEXTURE = None
 
-    return cuda_texture
+
+def _cuda_texture():  # noqa: ANN202 - module
+    global _CUDA_TEXTURE
+    if _CUDA_TEXTURE is None:
+        from ._cuda import texture as cuda_texture
+
+        _CUDA_TEXTURE = cuda_texture
+    return _CUDA_TEXTURE
+
+
+@functools.lru_cache(maxsize=256)
+def _level_sizes(width: int, height: int, max_mip_level: Optional[int]) -> tuple[tuple[int, int], ...]:
+    """:func:`_mip.mip_level_sizes`, memoized (textures keep their size from call to call)."""
+    return tuple(_mip.mip_level_sizes(width, height, max_mip_level))
 
 
 def _build_levels(tex: Tensor, sizes: list[tuple[int, int]], cube: bool) -> list[Tensor]:
@@ -147,25 +172,36 @@ def _build_levels(tex: Tensor, sizes: list[tuple[int, int]], cube: bool) -> list
 
 # ------------------------------------------------------------------------------------- autograd
 class _TextureFunction(torch.autograd.Function):
+    """Autograd node of :func:`texture`. ``stack_kind``: 'internal', 'prebuilt' or 'custom' (``mips`` are
+    the levels 1..k), or 'flat' (CUDA, internal stack: ``mips`` is the one flat tensor of
+    ``_cuda.texture.mip_build_flat`` holding ``num_levels - 1`` levels)."""
+
     @staticmethod
-    def forward(ctx, filter_mode: str, boundary_mode: str, stack_kind: str, tex: Tensor, uv: Tensor,
-                uv_da: Optional[Tensor], bias: Optional[Tensor], *mips: Tensor) -> Tensor:
-        backend = backend_for(uv)
-        out = backend.texture_fwd([tex, *mips], uv, uv_da, bias, filter_mode, boundary_mode)
+    def forward(ctx, filter_mode: str, boundary_mode: str, stack_kind: str, num_levels: int, tex: Tensor,
+                uv: Tensor, uv_da: Optional[Tensor], bias: Optional[Tensor], *mips: Tensor) -> Tensor:
+        if stack_kind == "flat":
+            out = _cuda_texture().texture_fwd_flat(tex, mips[0], num_levels, uv, uv_da, bias, filter_mode,
+                                                   boundary_mode)
+        else:
+            out = backend_for(uv).texture_fwd([tex, *mips], uv, uv_da, bias, filter_mode, boundary_mode)
         ctx.save_for_backward(tex, uv, uv_da, bias, *mips)
-        ctx.modes = (filter_mode, boundary_mode, stack_kind)
+        ctx.modes = (filter_mode, boundary_mode, stack_kind, num_levels)
         return out
 
     @staticmethod
     @once_differentiable
     def backward(ctx, dy: Tensor):
         tex, uv, uv_da, bias, *mips = ctx.saved_tensors
-        filter_mode, boundary_mode, stack_kind = ctx.modes
+        filter_mode, boundary_mode, stack_kind, num_levels = ctx.modes
+        if stack_kind == "flat":
+            g_tex, g_uv, g_uv_da, g_bias = _cuda_texture().texture_bwd_mip_flat(
+                tex, mips[0], num_levels, uv, uv_da, bias, dy, filter_mode, boundary_mode, ctx.needs_input_grad[4])
+            return (None, None, None, None, g_tex, g_uv, g_uv_da, g_bias, None)
         if uv.is_cuda and stack_kind != "custom":
             # Level gradients are folded into tex on the GPU in the same call (no per-level tensors).
             g_tex, g_uv, g_uv_da, g_bias = _cuda_texture().texture_bwd_mip(
-                [tex, *mips], uv, uv_da, bias, dy, filter_mode, boundary_mode, ctx.needs_input_grad[3])
-            return (None, None, None, g_tex, g_uv, g_uv_da, g_bias, *([None] * len(mips)))
+                [tex, *mips], uv, uv_da, bias, dy, filter_mode, boundary_mode, ctx.needs_input_grad[4])
+            return (None, None, None, None, g_tex, g_uv, g_uv_da, g_bias, *([None] * len(mips)))
         backend = backend_for(uv)
         level_grads, g_uv, g_uv_da, g_bias = backend.texture_bwd(
             [tex, *mips], uv, uv_da, bias, dy if dy.is_cuda else dy.contiguous(), filter_mode, boundary_mode)
@@ -173,9 +209,9 @@ class _TextureFunction(torch.autograd.Function):
             g_tex = level_grads[0]
             g_mips = list(level_grads[1:])
         else:
-            g_tex = _mip.mip_adjoint(level_grads, tex.shape) if ctx.needs_input_grad[3] else None
+            g_tex = _mip.mip_adjoint(level_grads, tex.shape) if ctx.needs_input_grad[4] else None
             g_mips = [None] * len(mips)
-        return (None, None, None, g_tex, g_uv, g_uv_da, g_bias, *g_mips)
+        return (None, None, None, None, g_tex, g_uv, g_uv_da, g_bias, *g_mips)
 
 
 # ---------------------------------------------------------------------------------------- API
@@ -208,18 +244,23 @@ def texture(
     """
     if filter_mode == "auto":
         filter_mode = "linear-mipmap-linear" if (uv_da is not None or mip_level_bias is not None) else "linear"
-    _checks.require(_is_level_limit(max_mip_level), "texture",
-                    f"max_mip_level must be None or an int >= 0, got {max_mip_level!r}")
-    _checks.require_tensor("texture", "tex", tex)
-    _checks.require_tensor("texture", "uv", uv)
+    # Messages are only built for a failing check (formatting them costs more than the checks).
+    if not _is_level_limit(max_mip_level):
+        _checks.require(False, "texture", f"max_mip_level must be None or an int >= 0, got {max_mip_level!r}")
+    if not isinstance(tex, Tensor):
+        _checks.require_tensor("texture", "tex", tex)
+    if not isinstance(uv, Tensor):
+        _checks.require_tensor("texture", "uv", uv)
     if filter_mode in _MIP_FILTER_MODES:
-        _checks.require(isinstance(uv_da, Tensor) or isinstance(mip_level_bias, Tensor), "texture",
-                        f"mipmapping filter mode requires uv_da and/or mip_level_bias input (filter_mode="
-                        f"{filter_mode!r} got neither as a tensor; pass one, or use filter_mode='linear')")
-        _checks.require(uv_da is None or isinstance(uv_da, Tensor), "texture",
-                        f"uv_da must be None or a torch.Tensor, got {type(uv_da).__name__}")
-        _checks.require(mip_level_bias is None or isinstance(mip_level_bias, Tensor), "texture",
-                        f"mip_level_bias must be None or a torch.Tensor, got {type(mip_level_bias).__name__}")
+        if not (isinstance(uv_da, Tensor) or isinstance(mip_level_bias, Tensor)):
+            _checks.require(False, "texture",
+                            f"mipmapping filter mode requires uv_da and/or mip_level_bias input (filter_mode="
+                            f"{filter_mode!r} got neither as a tensor; pass one, or use filter_mode='linear')")
+        if not (uv_da is None or isinstance(uv_da, Tensor)):
+            _checks.require(False, "texture", f"uv_da must be None or a torch.Tensor, got {type(uv_da).__name__}")
+        if not (mip_level_bias is None or isinstance(mip_level_bias, Tensor)):
+            _checks.require(False, "texture", "mip_level_bias must be None or a torch.Tensor, got "
+                            f"{type(mip_level_bias).__name__}")
     if max_mip_level is not None:
         max_mip_level = int(max_mip_level)
     if max_mip_level == 0 and filter_mode in _MIP_FILTER_MODES:
@@ -233,10 +274,9 @@ def texture(
     mipmapping = filter_mode in _MIP_FILTER_MODES
     if not mipmapping:  # ignored without error, as upstream does
         uv_da = mip_level_bias = mip = None
-    else:
-        _checks.require(mip is None or isinstance(mip, (TextureMipWrapper, list)), "texture",
-                        "mip must be None, a list of tensors or the result of texture_construct_mip(), "
-                        f"got {type(mip).__name__}")
+    elif not (mip is None or isinstance(mip, (TextureMipWrapper, list))):
+        _checks.require(False, "texture", "mip must be None, a list of tensors or the result of "
+                        f"texture_construct_mip(), got {type(mip).__name__}")
     cube = boundary_mode == "cube"
 
     named = {"tex": tex, "uv": uv}
@@ -283,10 +323,17 @@ def texture(
             stack_kind = "custom"
         else:
             th, tw = _tex_hw(tex, cube)
-            sizes = _mip.mip_level_sizes(tw, th, max_mip_level)
+            sizes = _level_sizes(tw, th, max_mip_level)
+            if tex.is_cuda:
+                # The whole stack in one tensor: one allocation, and two tensors instead of k + 1 through
+                # the op calls and the autograd node.
+                flat = _cuda_texture().mip_build_flat(tex.detach(), len(sizes), cube)
+                return _TextureFunction.apply(filter_mode, boundary_mode, "flat", len(sizes) + 1, tex, uv, uv_da,
+                                              mip_level_bias, flat)
             with torch.no_grad():
-                mips = _build_levels(tex.detach(), sizes, cube)
-    return _TextureFunction.apply(filter_mode, boundary_mode, stack_kind, tex, uv, uv_da, mip_level_bias, *mips)
+                mips = _build_levels(tex.detach(), list(sizes), cube)
+    return _TextureFunction.apply(filter_mode, boundary_mode, stack_kind, len(mips) + 1, tex, uv, uv_da,
+                                  mip_level_bias, *mips)
 
 
 def texture_construct_mip(tex: Tensor, max_mip_level: Optional[int] = None,

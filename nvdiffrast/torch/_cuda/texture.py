@@ -13,9 +13,15 @@ _FILTER = {"nearest": 0, "linear": 1, "linear-mipmap-nearest": 2, "linear-mipmap
 _BOUNDARY = {"wrap": 0, "clamp": 1, "zero": 2, "cube": 3}
 
 
+_OPS = None
+
+
 def _ops():  # noqa: ANN202 - torch.ops namespace object
-    _loader.load_cuda()
-    return torch.ops.nvdiffrast
+    global _OPS
+    if _OPS is None:  # loading once keeps the per-call cost of the hot path down
+        _loader.load_cuda()
+        _OPS = torch.ops.nvdiffrast
+    return _OPS
 
 
 def _codes(filter_mode: str, boundary_mode: str) -> tuple[int, int]:
@@ -82,6 +88,55 @@ def texture_bwd_mip(
     det = torch.are_deterministic_algorithms_enabled()
     g_tex, g_uv, g_da, g_bias = _ops().texture_bwd_mip(
         list(levels), uv, uv_da, mip_level_bias, dy, f, b, det, bool(want_tex))
+    lml = f == 3
+    return (
+        g_tex if want_tex else None,
+        None if f == 0 else g_uv,
+        g_da if (lml and uv_da is not None) else None,
+        g_bias if (lml and mip_level_bias is not None) else None,
+    )
+
+
+def mip_build_flat(tex: Tensor, num_levels: int, cube: bool) -> Tensor:
+    """Box-filter mip levels 1..``num_levels`` of ``tex`` in one flat tensor, level after level (each
+    ``[B, (6,) H_l, W_l, C]``, the sizes of ``_mip.mip_level_sizes``): the stack that
+    :func:`texture_fwd_flat` and :func:`texture_bwd_mip_flat` read. One allocation for the whole stack."""
+    return _ops().texture_mip_build_flat(tex, int(num_levels), bool(cube))
+
+
+def texture_fwd_flat(
+    tex: Tensor,
+    mips: Tensor,
+    num_levels: int,
+    uv: Tensor,
+    uv_da: Optional[Tensor],
+    mip_level_bias: Optional[Tensor],
+    filter_mode: str,
+    boundary_mode: str,
+) -> Tensor:
+    """Like :func:`texture_fwd` with the levels given as ``tex`` and its flat stack ``mips`` from
+    :func:`mip_build_flat` (``num_levels`` counts ``tex``)."""
+    f, b = _codes(filter_mode, boundary_mode)
+    return _ops().texture_fwd_flat(tex, mips, int(num_levels), uv, uv_da, mip_level_bias, f, b)
+
+
+def texture_bwd_mip_flat(
+    tex: Tensor,
+    mips: Tensor,
+    num_levels: int,
+    uv: Tensor,
+    uv_da: Optional[Tensor],
+    mip_level_bias: Optional[Tensor],
+    dy: Tensor,
+    filter_mode: str,
+    boundary_mode: str,
+    want_tex: bool,
+) -> tuple[Optional[Tensor], Optional[Tensor], Optional[Tensor], Optional[Tensor]]:
+    """:func:`texture_bwd_mip` for a flat stack from :func:`mip_build_flat`."""
+    f, b = _codes(filter_mode, boundary_mode)
+    det = torch.are_deterministic_algorithms_enabled()
+    g_tex, g_uv, g_da, g_bias = _ops().texture_bwd_mip_flat(
+        tex, mips, int(num_levels), uv, uv_da, mip_level_bias, dy, f, b, det, bool(want_tex))
     lml = f == 3
     return (
         g_tex if want_tex else None,
