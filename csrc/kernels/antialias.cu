@@ -917,12 +917,13 @@ cudaError_t antialias_refresh_hash_cuda(const int* tri, int* tri_copy, int64_t T
 // Grid of the list kernels, whose item count lives on the device (no host synchronization).
 static int list_grid(int64_t max_items) { return nvdr_grid_1d(max_items, kBlock, 1024); }
 
-// Per-call silhouette bits (see antialias_silhouette_kernel) in scratch memory, when their size is
-// reasonable; otherwise the items probe the neighbour table themselves.
+// Per-call silhouette bits (see antialias_silhouette_kernel) in scratch memory when triangles are few
+// per pixel; otherwise the items probe the neighbour table themselves.
 static cudaError_t with_silhouettes(AntialiasParams& p, const NvdrAllocator& alloc, cudaStream_t stream) {
   p.sil = nullptr;
   const int64_t images = p.pos_batched ? p.N : 1;
-  if (p.T <= 0 || images * p.T > (int64_t(1) << 30)) return cudaSuccess;
+  // Worth it while triangles are few per pixel (one thread per triangle and image).
+  if (p.T <= 0 || images * p.T * 16 > p.N * p.H * p.W || images * p.T > (int64_t(1) << 30)) return cudaSuccess;
   uint8_t* sil = alloc.get<uint8_t>(images * p.T);
   if (!sil) return cudaErrorMemoryAllocation;
   antialias_silhouette_kernel<<<nvdr_grid_1d(images * p.T, kBlock), kBlock, 0, stream>>>(p, images, sil);
