@@ -154,11 +154,11 @@ CXX_FLAGS = ["/O2"] if IS_WIN else ["-O3"]
 NVCC_FLAGS = ["-O3", "-lineinfo", "--expt-relaxed-constexpr"]
 DEFINES = [("Py_LIMITED_API", "0x030A0000")] if LIMITED_API else []
 
-# Link the shared C++ runtime by name (Linux). A compiler wrapper that links libstdc++ statically (one was
-# the default CXX of our GPU machine) gives the module a private copy of the runtime; errors raised in
-# the bindings then crashed while formatting their messages. Naming -lstdc++ before the wrapper's own
-# static archive lets the shared library satisfy every reference; ci.repair checks the result.
-CXX_RUNTIME = [] if IS_WIN else ["stdc++"]
+# Link the shared C++ runtime by file name (Linux). A compiler wrapper that links libstdc++ statically (one
+# was the default CXX of our GPU machine; a plain -lstdc++ stayed static there) gives the module a private
+# copy of the runtime, and errors raised in the bindings crashed while formatting their messages. Named
+# before the driver's own libraries, the shared object satisfies every reference; ci.repair checks it.
+CXX_RUNTIME_LINK = [] if IS_WIN else ["-Wl,--push-state,--no-as-needed", "-l:libstdc++.so.6", "-Wl,--pop-state"]
 
 ext_modules = []
 cuda_sources = _rel(
@@ -170,8 +170,8 @@ ext_modules.append(
         sources=cuda_sources,
         include_dirs=[os.path.join(HERE, "csrc")],
         define_macros=DEFINES,
-        libraries=CXX_RUNTIME,
         extra_compile_args={"cxx": CXX_FLAGS, "nvcc": NVCC_FLAGS},
+        extra_link_args=CXX_RUNTIME_LINK,
         py_limited_api=LIMITED_API,
     )
 )
@@ -180,7 +180,7 @@ if os.environ.get("NVDIFFRAST_NO_GL", "0") != "1":
     # Platform-specific files carry _egl / _wgl in their names; everything else is shared.
     skip = "_egl" if IS_WIN else "_wgl"
     gl_sources = [p for p in glob.glob(os.path.join(HERE, "csrc", "gl", "*.cpp")) if skip not in os.path.basename(p)]
-    gl_libs = ["user32", "gdi32"] if IS_WIN else ["dl", *CXX_RUNTIME]
+    gl_libs = ["user32", "gdi32"] if IS_WIN else ["dl"]
     ext_modules.append(
         cpp_extension.CUDAExtension(
             name="nvdiffrast._gl",
@@ -191,7 +191,7 @@ if os.environ.get("NVDIFFRAST_NO_GL", "0") != "1":
             extra_compile_args={"cxx": CXX_FLAGS, "nvcc": NVCC_FLAGS},
             # Resolve every symbol at load time, before a GL driver enters the process: lazily bound
             # C++ runtime calls made after the NVIDIA GL driver loaded crashed (seen on an H200).
-            extra_link_args=[] if IS_WIN else ["-Wl,-z,now"],
+            extra_link_args=[] if IS_WIN else ["-Wl,-z,now", *CXX_RUNTIME_LINK],
             py_limited_api=LIMITED_API,
         )
     )

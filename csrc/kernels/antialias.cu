@@ -157,9 +157,11 @@ __device__ bool is_silhouette(const AntialiasParams& p, int64_t n, int64_t t, in
   return side_of(a, b, load_vertex(p, n, vk)) * side_of(a, b, load_vertex(p, n, best_v)) > 0;
 }
 
-// Silhouette bits of triangle t in image n (bit e: edge e), computed once per call for all triangles: an
-// item then rejects a non-silhouette owner triangle before any projection, and needs no topology probe.
-__global__ void antialias_silhouette_kernel(AntialiasParams p, int64_t images, uint8_t* sil) {
+// Silhouette bits of triangle t in image n (bit e: edge e), computed once per call for all triangles, and
+// the triangle's projected vertices: an item then rejects a non-silhouette owner triangle before anything
+// else, and projects nothing. A triangle with an invalid or non-projectable vertex gets no bits (its items
+// are rejected either way).
+__global__ void antialias_silhouette_kernel(AntialiasParams p, int64_t images, uint8_t* sil, double2* proj) {
   const int64_t total = images * p.T;
   for (int64_t idx = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; idx < total;
        idx += (int64_t)gridDim.x * blockDim.x) {
@@ -172,6 +174,14 @@ __global__ void antialias_silhouette_kernel(AntialiasParams p, int64_t images, u
       valid &= v[k] >= 0 && (int64_t)v[k] < p.V;
     }
     unsigned m = 0;
+    if (valid) {
+#pragma unroll
+      for (int k = 0; k < 3; ++k) {
+        const Proj pr = project(p, load_vertex(p, n, v[k]));
+        valid &= pr.ok;
+        proj[idx * 3 + k] = make_double2(pr.x, pr.y);
+      }
+    }
     if (valid) {
 #pragma unroll
       for (int e = 0; e < 3; ++e)
@@ -223,8 +233,9 @@ __device__ __forceinline__ T sel3(const T (&v)[3], int i) {
 
 // check_silhouette = false skips the topology test: the backward re-evaluates only items the forward
 // accepted (for their geometry), so it never depends on a topology that may have been rebuilt since.
+// need_geometry = false (the forward): the edge's vertices and derivatives are left out, has_grad is set.
 __device__ Item eval_item(const AntialiasParams& p, int64_t n, int x0, int y0, int x1, int y1, bool vertical,
-                          bool check_silhouette) {
+                          bool check_silhouette, bool need_geometry = true) {
   Item it;
   it.ok = false;
   const float4* rast = reinterpret_cast<const float4*>(p.rast);
@@ -238,18 +249,31 @@ __device__ Item eval_item(const AntialiasParams& p, int64_t n, int x0, int y0, i
   else owner = t0 >= 0 ? 0 : 1;
   const int64_t t = owner ? t1 : t0;
   unsigned sil = 7u;
-  if (check_silhouette && p.sil) {
-    sil = p.sil[(p.pos_batched ? n : 0) * p.T + t];
-    if (!sil) return it;  // no edge of the owner is a silhouette
-  }
-  int vi[3];
+  int vi[3] = {0, 0, 0};
   Proj pr[3];
+  const bool tabled = check_silhouette && p.sil;
+  if (tabled) {
+    const int64_t nt = (p.pos_batched ? n : 0) * p.T + t;
+    sil = p.sil[nt];
+    if (!sil) return it;  // no edge of the owner is a silhouette (or the owner cannot be projected)
 #pragma unroll
-  for (int k = 0; k < 3; ++k) {
-    vi[k] = p.tri[3 * t + k];
-    if (vi[k] < 0 || (int64_t)vi[k] >= p.V) return it;
-    pr[k] = project(p, load_vertex(p, n, vi[k]));
-    if (!pr[k].ok) return it;  // the owning triangle must lie in front of the camera
+    for (int k = 0; k < 3; ++k) {
+      const double2 q = p.proj[nt * 3 + k];
+      pr[k].x = q.x;
+      pr[k].y = q.y;
+    }
+  }
+  if (!tabled || need_geometry) {
+#pragma unroll
+    for (int k = 0; k < 3; ++k) vi[k] = p.tri[3 * t + k];
+  }
+  if (!tabled) {
+#pragma unroll
+    for (int k = 0; k < 3; ++k) {
+      if (vi[k] < 0 || (int64_t)vi[k] >= p.V) return it;
+      pr[k] = project(p, load_vertex(p, n, vi[k]));
+      if (!pr[k].ok) return it;  // the owning triangle must lie in front of the camera
+    }
   }
   // Frame: origin at the owner pixel's centre, "along" axis pointing to the other pixel.
   const double ox = (owner ? x1 : x0) + 0.5, oy = (owner ? y1 : y0) + 0.5;
@@ -291,7 +315,7 @@ __device__ Item eval_item(const AntialiasParams& p, int64_t n, int x0, int y0, i
   it.v[0] = vii;
   it.v[1] = vij;
   it.has_grad = best_d > 0.0 && best_d < 1.0;
-  if (it.has_grad) {
+  if (it.has_grad && need_geometry) {
     double D = bi - bj;
     if (fabs(D) < 1e-3) D = D < 0.0 ? -1e-3 : 1e-3;
     const double tt = bi / D;
@@ -326,12 +350,12 @@ __global__ void antialias_eval_kernel(AntialiasParams p, uint8_t* flags, float2*
     unsigned f = 0;
     float2 a = make_float2(0.f, 0.f);
     if (x + 1 < p.W) {
-      const Item it = eval_item(p, n, x, y, x + 1, y, false, true);
+      const Item it = eval_item(p, n, x, y, x + 1, y, false, true, false);
       f |= item_flags(it, 0);
       if (it.ok) a.x = it.alpha;
     }
     if (y + 1 < p.H) {
-      const Item it = eval_item(p, n, x, y, x, y + 1, true, true);
+      const Item it = eval_item(p, n, x, y, x, y + 1, true, true, false);
       f |= item_flags(it, 1);
       if (it.ok) a.y = it.alpha;
     }
@@ -344,7 +368,7 @@ __global__ void antialias_eval_kernel(AntialiasParams p, uint8_t* flags, float2*
 // collected per block in shared memory and then evaluated by the whole block. A block handles
 // kClassifyPix pixels per step; their flags are assembled in shared memory and stored once. Items with a
 // position gradient are appended to grad_items (count first) with one atomic per warp.
-constexpr int kClassifyPer = 8;  // pixels per thread and step
+constexpr int kClassifyPer = 16;  // pixels per thread and step
 constexpr int kClassifyPix = kClassifyPer * kBlock;
 
 __global__ void __launch_bounds__(kBlock, 4) antialias_items_kernel(AntialiasParams p, uint8_t* flags, float2* alpha,
@@ -412,7 +436,7 @@ __global__ void __launch_bounds__(kBlock, 4) antialias_items_kernel(AntialiasPar
         int x, y;
         pixel_coords(p, pix, n, x, y);
         const bool vertical = q == 1;
-        const Item it = eval_item(p, n, x, y, vertical ? x : x + 1, vertical ? y + 1 : y, vertical, true);
+        const Item it = eval_item(p, n, x, y, vertical ? x : x + 1, vertical ? y + 1 : y, vertical, true, false);
         if (it.ok) {
           reinterpret_cast<float*>(alpha + pix)[q] = it.alpha;
           const uint32_t li = local >> 1;
@@ -921,14 +945,17 @@ static int list_grid(int64_t max_items) { return nvdr_grid_1d(max_items, kBlock,
 // per pixel; otherwise the items probe the neighbour table themselves.
 static cudaError_t with_silhouettes(AntialiasParams& p, const NvdrAllocator& alloc, cudaStream_t stream) {
   p.sil = nullptr;
+  p.proj = nullptr;
   const int64_t images = p.pos_batched ? p.N : 1;
   // Worth it while triangles are few per pixel (one thread per triangle and image).
   if (p.T <= 0 || images * p.T * 16 > p.N * p.H * p.W || images * p.T > (int64_t(1) << 30)) return cudaSuccess;
   uint8_t* sil = alloc.get<uint8_t>(images * p.T);
-  if (!sil) return cudaErrorMemoryAllocation;
-  antialias_silhouette_kernel<<<nvdr_grid_1d(images * p.T, kBlock), kBlock, 0, stream>>>(p, images, sil);
+  double2* proj = alloc.get<double2>(images * p.T * 3);
+  if (!sil || !proj) return cudaErrorMemoryAllocation;
+  antialias_silhouette_kernel<<<nvdr_grid_1d(images * p.T, kBlock), kBlock, 0, stream>>>(p, images, sil, proj);
   NVDR_RETURN_IF_LAUNCH_ERROR();
   p.sil = sil;
+  p.proj = proj;
   return cudaSuccess;
 }
 
@@ -967,6 +994,7 @@ cudaError_t antialias_bwd_cuda(const AntialiasParams& p_in, const uint8_t* flags
                                cudaStream_t stream) {
   AntialiasParams p = p_in;
   p.sil = nullptr;
+  p.proj = nullptr;
   const int64_t rows = (p.pos_batched ? p.N : 1) * p.V;
   NVDR_RETURN_IF_ERROR(cudaMemsetAsync(p.grad_pos, 0, (size_t)(rows * 4) * sizeof(float), stream));
   const int64_t total = p.N * p.H * p.W;

@@ -41,6 +41,7 @@ struct AntialiasParams {
                        // backward without saved forward state read it
   const uint8_t* sil;  // internal: per image (one for unbatched pos) and triangle, bit e = edge e is a
                        // silhouette; set by the kernels' host code, leave nullptr
+  const double2* proj; // internal, with sil: the three projected vertices of each (image, triangle)
   float* out;          // forward output, like color
 
   const float* dy;     // backward input, like color, read with element strides dy_s (n, h, w, c)
