@@ -161,7 +161,10 @@ __device__ bool is_silhouette(const AntialiasParams& p, int64_t n, int64_t t, in
 // the triangle's projected vertices: an item then rejects a non-silhouette owner triangle before anything
 // else, and projects nothing. A triangle with an invalid or non-projectable vertex gets no bits (its items
 // are rejected either way).
-__global__ void antialias_silhouette_kernel(AntialiasParams p, int64_t images, uint8_t* sil, double2* proj) {
+// count (optional): the forward's item counter, zeroed here to spare a memset call.
+__global__ void antialias_silhouette_kernel(AntialiasParams p, int64_t images, uint8_t* sil, double2* proj,
+                                            uint32_t* count) {
+  if (count && blockIdx.x == 0 && threadIdx.x == 0) *count = 0u;
   const int64_t total = images * p.T;
   for (int64_t idx = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; idx < total;
        idx += (int64_t)gridDim.x * blockDim.x) {
@@ -721,6 +724,13 @@ __device__ __forceinline__ void item_pos_grad(const AntialiasParams& p, const Dy
   }
 }
 
+// Zeroes the first n floats of grad_pos (a colour-only pass does it for the position pass that follows on
+// the stream, sparing a memset call); n = 0: nothing.
+__device__ __forceinline__ void zero_grad_pos(const AntialiasParams& p, int64_t n) {
+  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x)
+    p.grad_pos[i] = 0.f;
+}
+
 // Colour gradient of one pixel, gathered like the forward (out[target] += α (c[P1] − c[P0]): P1 gains
 // α dy[target], P0 loses it). d0: dy offset of pix.
 template <int CC>
@@ -773,7 +783,8 @@ __device__ __forceinline__ void bwd_color_pixel(const AntialiasParams& p, const 
 // starts (atomics, or DET entries for the sorted reduction).
 template <int CC, bool DET, bool POS>
 __global__ void antialias_bwd_kernel(AntialiasParams p, const uint8_t* flags, const float2* alpha, uint64_t* det_keys,
-                                     float* det_vals) {
+                                     float* det_vals, int64_t zero_pos) {
+  zero_grad_pos(p, zero_pos);
   const int64_t total = p.N * p.H * p.W;
   const int64_t C = CC > 0 ? CC : p.C;
   const DyLayout d = dy_layout(p);
@@ -799,7 +810,8 @@ __global__ void antialias_bwd_kernel(AntialiasParams p, const uint8_t* flags, co
 // Colour gradient for images with W % 4 == 0, four pixels per thread (bwd_color_pixel's order, float4
 // stores).
 template <int CC>
-__global__ void antialias_bwd4_kernel(AntialiasParams p, const uint8_t* flags, const float2* alpha) {
+__global__ void antialias_bwd4_kernel(AntialiasParams p, const uint8_t* flags, const float2* alpha, int64_t zero_pos) {
+  zero_grad_pos(p, zero_pos);
   const int64_t quads = p.N * p.H * p.W / 4;
   const DyLayout d = dy_layout(p);
   const bool contig = p.dy_contig != 0;
@@ -943,7 +955,10 @@ static int list_grid(int64_t max_items) { return nvdr_grid_1d(max_items, kBlock,
 
 // Per-call silhouette bits (see antialias_silhouette_kernel) in scratch memory when triangles are few
 // per pixel; otherwise the items probe the neighbour table themselves.
-static cudaError_t with_silhouettes(AntialiasParams& p, const NvdrAllocator& alloc, cudaStream_t stream) {
+// Returns in *count_zeroed whether the kernel zeroed `count` (the item counter; may be nullptr).
+static cudaError_t with_silhouettes(AntialiasParams& p, const NvdrAllocator& alloc, cudaStream_t stream,
+                                    uint32_t* count = nullptr, bool* count_zeroed = nullptr) {
+  if (count_zeroed) *count_zeroed = false;
   p.sil = nullptr;
   p.proj = nullptr;
   const int64_t images = p.pos_batched ? p.N : 1;
@@ -952,10 +967,12 @@ static cudaError_t with_silhouettes(AntialiasParams& p, const NvdrAllocator& all
   uint8_t* sil = alloc.get<uint8_t>(images * p.T);
   double2* proj = alloc.get<double2>(images * p.T * 3);
   if (!sil || !proj) return cudaErrorMemoryAllocation;
-  antialias_silhouette_kernel<<<nvdr_grid_1d(images * p.T, kBlock), kBlock, 0, stream>>>(p, images, sil, proj);
+  antialias_silhouette_kernel<<<nvdr_grid_1d(images * p.T, kBlock), kBlock, 0, stream>>>(p, images, sil, proj,
+                                                                                          count);
   NVDR_RETURN_IF_LAUNCH_ERROR();
   p.sil = sil;
   p.proj = proj;
+  if (count_zeroed) *count_zeroed = count != nullptr;
   return cudaSuccess;
 }
 
@@ -964,9 +981,10 @@ cudaError_t antialias_fwd_cuda(const AntialiasParams& p_in, uint8_t* flags, floa
   AntialiasParams p = p_in;
   const int64_t total = p.N * p.H * p.W;
   if (!p.nbr || !flags || !alpha) return cudaErrorInvalidValue;
-  if (grad_items) NVDR_RETURN_IF_ERROR(cudaMemsetAsync(grad_items, 0, sizeof(uint32_t), stream));
+  bool zeroed = false;
+  if (total > 0) NVDR_RETURN_IF_ERROR(with_silhouettes(p, alloc, stream, grad_items, &zeroed));
+  if (grad_items && !zeroed) NVDR_RETURN_IF_ERROR(cudaMemsetAsync(grad_items, 0, sizeof(uint32_t), stream));
   if (total <= 0) return cudaSuccess;
-  NVDR_RETURN_IF_ERROR(with_silhouettes(p, alloc, stream));
   float2* a = reinterpret_cast<float2*>(alpha);
   if (grad_items) {
     if (2 * total + 1 >= (int64_t(1) << 32)) return cudaErrorInvalidValue;
@@ -996,13 +1014,15 @@ cudaError_t antialias_bwd_cuda(const AntialiasParams& p_in, const uint8_t* flags
   p.sil = nullptr;
   p.proj = nullptr;
   const int64_t rows = (p.pos_batched ? p.N : 1) * p.V;
-  NVDR_RETURN_IF_ERROR(cudaMemsetAsync(p.grad_pos, 0, (size_t)(rows * 4) * sizeof(float), stream));
   const int64_t total = p.N * p.H * p.W;
-  if (total <= 0) return cudaSuccess;
   const float2* a = reinterpret_cast<const float2*>(alpha);
+  if (!flags || !a) grad_items = nullptr;  // the items are evaluated again below
+  // The colour-only pass zeroes grad_pos for the listed position pass; every other path clears it here.
+  const bool lean = !deterministic && grad_items && total > 0;
+  if (!lean) NVDR_RETURN_IF_ERROR(cudaMemsetAsync(p.grad_pos, 0, (size_t)(rows * 4) * sizeof(float), stream));
+  if (total <= 0) return cudaSuccess;
   if (!flags || !a) {  // no saved forward state: evaluate the items again
     if (!p.nbr) return cudaErrorInvalidValue;
-    grad_items = nullptr;
     uint8_t* f_new = alloc.get<uint8_t>(total);
     float2* a_new = alloc.get<float2>(total);
     if (!f_new || !a_new) return cudaErrorMemoryAllocation;
@@ -1013,17 +1033,17 @@ cudaError_t antialias_bwd_cuda(const AntialiasParams& p_in, const uint8_t* flags
     a = a_new;
   }
   const int grid = nvdr_grid_1d(total, kBlock);
-  if (!deterministic && grad_items) {
-    // Lean colour pass over every pixel, then the listed items for the position gradient.
+  if (lean) {
+    // Lean colour pass over every pixel (zeroing grad_pos), then the listed items for the position gradient.
     NVDR_RETURN_IF_ERROR(with_channels(p.C, [&](auto cc) {
       constexpr int CC = decltype(cc)::value;
       if constexpr (CC > 0) {
         if (p.W % 4 == 0 && reinterpret_cast<uintptr_t>(p.grad_color) % 16 == 0) {
-          antialias_bwd4_kernel<CC><<<nvdr_grid_1d(total / 4, kBlock), kBlock, 0, stream>>>(p, flags, a);
+          antialias_bwd4_kernel<CC><<<nvdr_grid_1d(total / 4, kBlock), kBlock, 0, stream>>>(p, flags, a, rows * 4);
           return cudaGetLastError();
         }
       }
-      antialias_bwd_kernel<CC, false, false><<<grid, kBlock, 0, stream>>>(p, flags, a, nullptr, nullptr);
+      antialias_bwd_kernel<CC, false, false><<<grid, kBlock, 0, stream>>>(p, flags, a, nullptr, nullptr, rows * 4);
       return cudaGetLastError();
     }));
     antialias_pos_list_kernel<<<list_grid(2 * total), kBlock, 0, stream>>>(p, grad_items);
@@ -1033,7 +1053,7 @@ cudaError_t antialias_bwd_cuda(const AntialiasParams& p_in, const uint8_t* flags
   if (!deterministic) {
     return with_channels(p.C, [&](auto cc) {
       antialias_bwd_kernel<decltype(cc)::value, false, true><<<grid, kBlock, 0, stream>>>(p, flags, a, nullptr,
-                                                                                           nullptr);
+                                                                                           nullptr, 0);
       return cudaGetLastError();
     });
   }
@@ -1042,7 +1062,7 @@ cudaError_t antialias_bwd_cuda(const AntialiasParams& p_in, const uint8_t* flags
   float* vals = alloc.get<float>(n * 3);
   if (!keys || !vals) return cudaErrorMemoryAllocation;
   NVDR_RETURN_IF_ERROR(with_channels(p.C, [&](auto cc) {
-    antialias_bwd_kernel<decltype(cc)::value, true, true><<<grid, kBlock, 0, stream>>>(p, flags, a, keys, vals);
+    antialias_bwd_kernel<decltype(cc)::value, true, true><<<grid, kBlock, 0, stream>>>(p, flags, a, keys, vals, 0);
     return cudaGetLastError();
   }));
   NvdrSortedSegments s;

@@ -58,8 +58,10 @@ class _AntialiasFunction(torch.autograd.Function):
         topology: TopologyHashWrapper,
         pos_gradient_boost: float,
     ) -> Tensor:
-        out, work = backend_for(color).antialias_fwd(color, rast, pos, tri, topology.impl)
+        backend = backend_for(color)
+        out, work = backend.antialias_fwd(color, rast, pos, tri, topology.impl)
         ctx.save_for_backward(color, rast, pos, tri)
+        ctx.backend = backend
         ctx.work = work
         ctx.topology = topology
         ctx.boost = pos_gradient_boost
@@ -69,7 +71,7 @@ class _AntialiasFunction(torch.autograd.Function):
     def backward(ctx: Any, dy: Tensor) -> tuple[Optional[Tensor], ...]:  # type: ignore[override]
         color, rast, pos, tri = ctx.saved_tensors
         # The CUDA kernels read a strided dy in place (the gradient of out.sum() is an expanded view).
-        g_color, g_pos = backend_for(color).antialias_bwd(
+        g_color, g_pos = ctx.backend.antialias_bwd(
             color, rast, pos, tri, dy if dy.is_cuda else dy.contiguous(), ctx.work, ctx.topology.impl, ctx.boost
         )
         return (

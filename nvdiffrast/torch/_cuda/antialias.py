@@ -36,6 +36,17 @@ def _ops():  # noqa: ANN202 - torch.ops namespace object
     return torch.ops.nvdiffrast
 
 
+_overloads: dict[str, Any] = {}
+
+
+def _op(name: str) -> Any:
+    """The op's default overload, looked up once (this path is latency bound for small images)."""
+    fn = _overloads.get(name)
+    if fn is None:
+        fn = _overloads[name] = getattr(_ops(), name).default
+    return fn
+
+
 def clear_topology_cache() -> None:
     """Drop the topologies kept for reuse (their GPU memory returns to PyTorch's allocator)."""
     with _cache_lock:
@@ -58,7 +69,7 @@ def antialias_topology_hash(tri: Tensor, reuse: bool = False) -> Any:
             entry[2] = entry[2] % (2**31 - 1) + 1
             tri_copy, topo, epoch = entry
     if entry is not None:
-        _ops().antialias_topology_refresh(tri, tri_copy, topo, epoch)
+        _op("antialias_topology_refresh")(tri, tri_copy, topo, epoch)
         return topo
     topo = _ops().antialias_topology_hash(tri)
     if topo.numel() * topo.element_size() <= _CACHE_MAX_BYTES:
@@ -82,7 +93,7 @@ def antialias_fwd(color: Tensor, rast: Tensor, pos: Tensor, tri: Tensor, topolog
     and the count and codes of the items with a position gradient (int32); the backward reuses all three."""
     if topology is None:
         topology = antialias_topology_hash(tri)
-    out, alpha, flags, items = _ops().antialias_fwd(color, rast, pos, tri, topology)
+    out, alpha, flags, items = _op("antialias_fwd")(color, rast, pos, tri, topology)
     return out, (alpha, flags, items)
 
 
@@ -107,7 +118,7 @@ def antialias_bwd(
     if isinstance(work, tuple) and len(work) == 3 and all(isinstance(w, Tensor) for w in work):
         alpha, flags, items = work
     # dy is read with its strides (an expanded gradient needs no copy).
-    g_color, g_pos = _ops().antialias_bwd(
+    g_color, g_pos = _op("antialias_bwd")(
         color, rast, pos, tri, dy, alpha, flags, items, topology, float(pos_gradient_boost), det
     )
     return g_color, g_pos
