@@ -809,7 +809,11 @@ __global__ void antialias_bwd_kernel(AntialiasParams p, const uint8_t* flags, co
 
 // Colour gradient for images with W % 4 == 0, four pixels per thread (bwd_color_pixel's order, float4
 // stores).
-template <int CC>
+// How the colour-gradient quads read dy: any strides, dense and 16-byte aligned (float4 loads), or one
+// value per channel for every pixel (all pixel strides 0: the gradient of out.sum()).
+enum DyMode { kDyStrided = 0, kDyDense4 = 1, kDyUniform = 2 };
+
+template <int CC, int DYMODE>
 __global__ void antialias_bwd4_kernel(AntialiasParams p, const uint8_t* flags, const float2* alpha, int64_t zero_pos) {
   zero_grad_pos(p, zero_pos);
   const int64_t quads = p.N * p.H * p.W / 4;
@@ -823,10 +827,29 @@ __global__ void antialias_bwd4_kernel(AntialiasParams p, const uint8_t* flags, c
     const int64_t d00 = d.at(pix0, CC, n, x0, y, contig);
     const QuadFlags qf = quad_flags(p, flags, pix0, x0, y);
     float o[4 * CC];
+    if constexpr (DYMODE == kDyDense4) {
+      const float4* src = reinterpret_cast<const float4*>(p.dy + pix0 * CC);
 #pragma unroll
-    for (int k = 0; k < 4; ++k)
+      for (int k = 0; k < CC; ++k) {
+        const float4 f = src[k];
+        o[4 * k] = f.x;
+        o[4 * k + 1] = f.y;
+        o[4 * k + 2] = f.z;
+        o[4 * k + 3] = f.w;
+      }
+    } else if constexpr (DYMODE == kDyUniform) {
 #pragma unroll
-      for (int c = 0; c < CC; ++c) o[k * CC + c] = p.dy[d00 + k * d.sx + c * d.cs];
+      for (int c = 0; c < CC; ++c) {
+        const float v = p.dy[c * d.cs];
+#pragma unroll
+        for (int k = 0; k < 4; ++k) o[k * CC + c] = v;
+      }
+    } else {
+#pragma unroll
+      for (int k = 0; k < 4; ++k)
+#pragma unroll
+        for (int c = 0; c < CC; ++c) o[k * CC + c] = p.dy[d00 + k * d.sx + c * d.cs];
+    }
     if (qf.touched()) {
 #pragma unroll
       for (int k = 0; k < 4; ++k) {
@@ -1039,7 +1062,13 @@ cudaError_t antialias_bwd_cuda(const AntialiasParams& p_in, const uint8_t* flags
       constexpr int CC = decltype(cc)::value;
       if constexpr (CC > 0) {
         if (p.W % 4 == 0 && reinterpret_cast<uintptr_t>(p.grad_color) % 16 == 0) {
-          antialias_bwd4_kernel<CC><<<nvdr_grid_1d(total / 4, kBlock), kBlock, 0, stream>>>(p, flags, a, rows * 4);
+          const int g4 = nvdr_grid_1d(total / 4, kBlock);
+          if (p.dy_contig && reinterpret_cast<uintptr_t>(p.dy) % 16 == 0)
+            antialias_bwd4_kernel<CC, kDyDense4><<<g4, kBlock, 0, stream>>>(p, flags, a, rows * 4);
+          else if (!p.dy_contig && p.dy_s[0] == 0 && p.dy_s[1] == 0 && p.dy_s[2] == 0)
+            antialias_bwd4_kernel<CC, kDyUniform><<<g4, kBlock, 0, stream>>>(p, flags, a, rows * 4);
+          else
+            antialias_bwd4_kernel<CC, kDyStrided><<<g4, kBlock, 0, stream>>>(p, flags, a, rows * 4);
           return cudaGetLastError();
         }
       }
