@@ -9,6 +9,8 @@
 // atomics or, in deterministic mode, a sort.
 #include <math.h>
 
+#include <cooperative_groups.h>
+
 #include <type_traits>
 
 #include "antialias.h"
@@ -40,20 +42,18 @@ __device__ __forceinline__ bool gated_off(const int* gate, int epoch) {
   return gate && *(volatile const int*)gate != epoch;
 }
 
-// init_gate: where an ungated build zeroes the gate word (no epoch is ever 0).
-__global__ void hash_clear_kernel(AntialiasHash h, const int* gate, int epoch, int* init_gate) {
-  if (gated_off(gate, epoch)) return;
-  if (init_gate && blockIdx.x == 0 && threadIdx.x == 0) *init_gate = 0;
-  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < h.capacity; i += (int64_t)gridDim.x * blockDim.x) {
+// The topology phases as grid-stride loops (start, stride), run either as separate kernels or as the
+// phases of one cooperative kernel.
+__device__ __forceinline__ void hash_clear_range(AntialiasHash h, int64_t start, int64_t stride) {
+  for (int64_t i = start; i < h.capacity; i += stride)
     reinterpret_cast<ulonglong2*>(h.slots)[i] = make_ulonglong2(NVDR_SKIP_KEY, ~0ull);  // key, (-1, -1)
-  }
 }
 
 // One thread per triangle edge (independent inserts keep more atomics in flight than a loop over three).
-__global__ void hash_build_kernel(const int* tri, int64_t T, AntialiasHash h, const int* gate, int epoch) {
-  if (gated_off(gate, epoch)) return;
+__device__ __forceinline__ void hash_build_range(const int* tri, int64_t T, AntialiasHash h, int64_t start,
+                                                 int64_t stride) {
   const uint64_t mask = (uint64_t)h.capacity - 1;
-  for (int64_t te = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; te < 3 * T; te += (int64_t)gridDim.x * blockDim.x) {
+  for (int64_t te = start; te < 3 * T; te += stride) {
     const int64_t t = te / 3;
     const int e = (int)(te - t * 3);
     const int v[3] = {tri[3 * t], tri[3 * t + 1], tri[3 * t + 2]};
@@ -74,11 +74,10 @@ __global__ void hash_build_kernel(const int* tri, int64_t T, AntialiasHash h, co
 
 // One thread per triangle edge: the probe that a pixel would do, done once per topology. A refresh also
 // updates its copy of the triangles here (tri_copy, else nullptr).
-__global__ void hash_neighbors_kernel(const int* tri, int64_t T, AntialiasHash h, int* nbr, const int* gate, int epoch,
-                                      int* tri_copy) {
-  if (gated_off(gate, epoch)) return;
+__device__ __forceinline__ void hash_neighbors_range(const int* tri, int64_t T, AntialiasHash h, int* nbr,
+                                                     int* tri_copy, int64_t start, int64_t stride) {
   const uint64_t mask = (uint64_t)h.capacity - 1;
-  for (int64_t te = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; te < 3 * T; te += (int64_t)gridDim.x * blockDim.x) {
+  for (int64_t te = start; te < 3 * T; te += stride) {
     const int64_t t = te / 3;
     const int e = (int)(te - t * 3);
     const uint64_t key = edge_key(tri[3 * t + e], tri[3 * t + (e + 1) % 3]);
@@ -102,12 +101,52 @@ __global__ void hash_neighbors_kernel(const int* tri, int64_t T, AntialiasHash h
   }
 }
 
-// Sets *gate = epoch when tri and the copy the topology was built from differ.
-__global__ void tri_compare_kernel(const int* tri, const int* tri_copy, int64_t n, int* gate, int epoch) {
+// Sets *gate = epoch (block-wide vote) when tri and the copy the topology was built from differ.
+__device__ __forceinline__ void tri_compare_range(const int* tri, const int* tri_copy, int64_t n, int* gate, int epoch,
+                                                  int64_t start, int64_t stride) {
   bool differ = false;
-  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x)
-    differ |= tri[i] != tri_copy[i];
+  for (int64_t i = start; i < n; i += stride) differ |= tri[i] != tri_copy[i];
   if (__syncthreads_or(differ) && threadIdx.x == 0) *gate = epoch;
+}
+
+#define NVDR_GRID_RANGE blockIdx.x * (int64_t)blockDim.x + threadIdx.x, (int64_t)gridDim.x * blockDim.x
+
+// init_gate: where an ungated build zeroes the gate word (no epoch is ever 0).
+__global__ void hash_clear_kernel(AntialiasHash h, const int* gate, int epoch, int* init_gate) {
+  if (gated_off(gate, epoch)) return;
+  if (init_gate && blockIdx.x == 0 && threadIdx.x == 0) *init_gate = 0;
+  hash_clear_range(h, NVDR_GRID_RANGE);
+}
+
+__global__ void hash_build_kernel(const int* tri, int64_t T, AntialiasHash h, const int* gate, int epoch) {
+  if (gated_off(gate, epoch)) return;
+  hash_build_range(tri, T, h, NVDR_GRID_RANGE);
+}
+
+__global__ void hash_neighbors_kernel(const int* tri, int64_t T, AntialiasHash h, int* nbr, const int* gate, int epoch,
+                                      int* tri_copy) {
+  if (gated_off(gate, epoch)) return;
+  hash_neighbors_range(tri, T, h, nbr, tri_copy, NVDR_GRID_RANGE);
+}
+
+__global__ void tri_compare_kernel(const int* tri, const int* tri_copy, int64_t n, int* gate, int epoch) {
+  tri_compare_range(tri, tri_copy, n, gate, epoch, NVDR_GRID_RANGE);
+}
+
+// The whole refresh in one cooperative launch (one launch instead of four: the refresh runs on every
+// antialias call that reuses a topology, where host time is what small images wait for). The gate is
+// read after a grid-wide barrier, so every thread takes the same branch.
+__global__ void topology_refresh_kernel(const int* tri, int* tri_copy, int64_t T, AntialiasHash h, int* nbr, int* gate,
+                                        int epoch) {
+  cooperative_groups::grid_group grid = cooperative_groups::this_grid();
+  tri_compare_range(tri, tri_copy, 3 * T, gate, epoch, NVDR_GRID_RANGE);
+  grid.sync();
+  if (*(volatile int*)gate != epoch) return;  // unchanged: the topology is current
+  hash_clear_range(h, NVDR_GRID_RANGE);
+  grid.sync();
+  hash_build_range(tri, T, h, NVDR_GRID_RANGE);
+  grid.sync();
+  hash_neighbors_range(tri, T, h, nbr, tri_copy, NVDR_GRID_RANGE);
 }
 
 // Item geometry is evaluated in double precision: the accept / reject thresholds then agree with the
@@ -961,6 +1000,22 @@ cudaError_t antialias_refresh_hash_cuda(const int* tri, int* tri_copy, int64_t T
   if (h.capacity <= 0 || (h.capacity & (h.capacity - 1)) != 0 || !nbr || !gate || epoch == 0)
     return cudaErrorInvalidValue;
   if (T <= 0) return cudaSuccess;
+  // One cooperative launch where the device supports it (grid sized to be co-resident).
+  int dev = 0, coop = 0, sms = 0, per_sm = 0;
+  NVDR_RETURN_IF_ERROR(cudaGetDevice(&dev));
+  NVDR_RETURN_IF_ERROR(cudaDeviceGetAttribute(&coop, cudaDevAttrCooperativeLaunch, dev));
+  if (coop) {
+    NVDR_RETURN_IF_ERROR(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
+    NVDR_RETURN_IF_ERROR(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, topology_refresh_kernel, kBlock, 0));
+  }
+  if (coop && per_sm > 0) {
+    const int64_t work = 3 * T > h.capacity ? 3 * T : h.capacity;
+    const int64_t most = (int64_t)per_sm * sms;
+    const unsigned blocks = (unsigned)((work + kBlock - 1) / kBlock < most ? (work + kBlock - 1) / kBlock : most);
+    void* args[] = {(void*)&tri, (void*)&tri_copy, (void*)&T, (void*)&h, (void*)&nbr, (void*)&gate, (void*)&epoch};
+    return cudaLaunchCooperativeKernel((const void*)topology_refresh_kernel, dim3(blocks), dim3(kBlock), args, 0,
+                                       stream);
+  }
   tri_compare_kernel<<<nvdr_grid_1d(3 * T, kBlock, kGateGrid), kBlock, 0, stream>>>(tri, tri_copy, 3 * T, gate, epoch);
   NVDR_RETURN_IF_LAUNCH_ERROR();
   hash_clear_kernel<<<nvdr_grid_1d(h.capacity, kBlock, kGateGrid), kBlock, 0, stream>>>(h, gate, epoch, nullptr);

@@ -1093,6 +1093,38 @@ def test_antialias_backward_independent_of_reused_topology():
     assert not torch.allclose(want[0][1], want[1][1])  # the two meshes' position gradients differ
 
 
+def _neighbour_table(topo: torch.Tensor, T: int) -> torch.Tensor:
+    """The deterministic part of a topology tensor: the int32 neighbour table after the hash slots."""
+    cap = 64
+    while cap < 6 * T:
+        cap *= 2
+    return topo[2 * cap: 2 * cap + (3 * T + 1) // 2].view(torch.int32)[: 3 * T]
+
+
+def test_antialias_topology_refresh_rebuilds_large_mesh():
+    """The reused topology of a mesh larger than one wave of the GPU (the refresh runs grid-stride loops,
+    cooperatively where supported) equals a fresh build after every change, and is left alone otherwise."""
+    g = torch.Generator().manual_seed(4)
+    side = 400
+    idx = torch.arange(side * side, dtype=torch.int32).view(side, side)
+    a, b, c, d = idx[:-1, :-1], idx[:-1, 1:], idx[1:, :-1], idx[1:, 1:]
+    tri = torch.stack([torch.stack([a, b, c], -1), torch.stack([b, d, c], -1)], 2).reshape(-1, 3).contiguous()
+    T = tri.shape[0]
+    cu_aa.clear_topology_cache()
+    t = tri.to(DEV)
+    first = _neighbour_table(cu_aa.antialias_topology_hash(t, reuse=True), T).clone()
+    fresh = _neighbour_table(cu_aa.antialias_topology_hash(t), T)
+    assert torch.equal(first, fresh)
+    for _ in range(2):
+        perm = torch.randperm(side * side, generator=g).to(torch.int32)
+        t.copy_(perm[tri.long()].to(DEV))  # same T, new vertex numbering
+        got = _neighbour_table(cu_aa.antialias_topology_hash(t, reuse=True), T).clone()
+        assert torch.equal(got, _neighbour_table(cu_aa.antialias_topology_hash(t), T))
+    again = _neighbour_table(cu_aa.antialias_topology_hash(t, reuse=True), T)  # unchanged: same table
+    assert torch.equal(again, got)
+    assert int((got >= 0).sum()) > 0 and int((got < 0).sum()) == 4 * (side - 1)  # boundary edges only
+
+
 def test_antialias_topology_reuse_can_be_turned_off(monkeypatch):
     import nvdiffrast.torch as dr
 
