@@ -11,6 +11,7 @@
 
 #include <cooperative_groups.h>
 
+#include <mutex>
 #include <type_traits>
 
 #include "antialias.h"
@@ -1085,6 +1086,36 @@ cudaError_t antialias_fwd_cuda(const AntialiasParams& p_in, uint8_t* flags, floa
   });
 }
 
+// A second stream per device (created on first use, kept for the process) with a fork/join event pair,
+// used under g_side_mutex. nullptr where none could be made: the caller then stays on its own stream.
+struct SideStream {
+  cudaStream_t stream = nullptr;
+  cudaEvent_t fork = nullptr, join = nullptr;
+  bool failed = false;
+};
+constexpr int kMaxSideDevices = 64;
+static std::mutex g_side_mutex;
+static SideStream g_side[kMaxSideDevices];
+
+static SideStream* side_stream() {
+  int dev = -1;
+  if (cudaGetDevice(&dev) != cudaSuccess || dev < 0 || dev >= kMaxSideDevices) {
+    cudaGetLastError();
+    return nullptr;
+  }
+  SideStream& s = g_side[dev];
+  if (!s.stream && !s.failed) {
+    if (cudaStreamCreateWithFlags(&s.stream, cudaStreamNonBlocking) != cudaSuccess ||
+        cudaEventCreateWithFlags(&s.fork, cudaEventDisableTiming) != cudaSuccess ||
+        cudaEventCreateWithFlags(&s.join, cudaEventDisableTiming) != cudaSuccess) {
+      cudaGetLastError();  // clear the error; run without a side stream from now on
+      s.failed = true;
+      s.stream = nullptr;
+    }
+  }
+  return s.failed ? nullptr : &s;
+}
+
 cudaError_t antialias_bwd_cuda(const AntialiasParams& p_in, const uint8_t* flags, const float* alpha,
                                const uint32_t* grad_items, int deterministic, const NvdrAllocator& alloc,
                                cudaStream_t stream) {
@@ -1112,24 +1143,40 @@ cudaError_t antialias_bwd_cuda(const AntialiasParams& p_in, const uint8_t* flags
   }
   const int grid = nvdr_grid_1d(total, kBlock);
   if (lean) {
-    // Lean colour pass over every pixel (zeroing grad_pos), then the listed items for the position gradient.
+    // Lean colour pass over every pixel, and the listed items for the position gradient: beside it on a
+    // side stream when one is available (disjoint outputs; one pass is bandwidth-bound, the other
+    // latency-bound), else after it on this stream with the colour pass zeroing grad_pos.
+    std::unique_lock<std::mutex> lock(g_side_mutex);  // the side stream's events are shared: hold until joined
+    SideStream* side = side_stream();
+    if (side) {
+      NVDR_RETURN_IF_ERROR(cudaEventRecord(side->fork, stream));
+      NVDR_RETURN_IF_ERROR(cudaStreamWaitEvent(side->stream, side->fork, 0));
+      NVDR_RETURN_IF_ERROR(cudaMemsetAsync(p.grad_pos, 0, (size_t)(rows * 4) * sizeof(float), side->stream));
+      antialias_pos_list_kernel<<<list_grid(2 * total), kBlock, 0, side->stream>>>(p, grad_items);
+      NVDR_RETURN_IF_LAUNCH_ERROR();
+      NVDR_RETURN_IF_ERROR(cudaEventRecord(side->join, side->stream));
+    } else {
+      lock.unlock();
+    }
+    const int64_t zero = side ? 0 : rows * 4;
     NVDR_RETURN_IF_ERROR(with_channels(p.C, [&](auto cc) {
       constexpr int CC = decltype(cc)::value;
       if constexpr (CC > 0) {
         if (p.W % 4 == 0 && reinterpret_cast<uintptr_t>(p.grad_color) % 16 == 0) {
           const int g4 = nvdr_grid_1d(total / 4, kBlock);
           if (p.dy_contig && reinterpret_cast<uintptr_t>(p.dy) % 16 == 0)
-            antialias_bwd4_kernel<CC, kDyDense4><<<g4, kBlock, 0, stream>>>(p, flags, a, rows * 4);
+            antialias_bwd4_kernel<CC, kDyDense4><<<g4, kBlock, 0, stream>>>(p, flags, a, zero);
           else if (!p.dy_contig && p.dy_s[0] == 0 && p.dy_s[1] == 0 && p.dy_s[2] == 0)
-            antialias_bwd4_kernel<CC, kDyUniform><<<g4, kBlock, 0, stream>>>(p, flags, a, rows * 4);
+            antialias_bwd4_kernel<CC, kDyUniform><<<g4, kBlock, 0, stream>>>(p, flags, a, zero);
           else
-            antialias_bwd4_kernel<CC, kDyStrided><<<g4, kBlock, 0, stream>>>(p, flags, a, rows * 4);
+            antialias_bwd4_kernel<CC, kDyStrided><<<g4, kBlock, 0, stream>>>(p, flags, a, zero);
           return cudaGetLastError();
         }
       }
-      antialias_bwd_kernel<CC, false, false><<<grid, kBlock, 0, stream>>>(p, flags, a, nullptr, nullptr, rows * 4);
+      antialias_bwd_kernel<CC, false, false><<<grid, kBlock, 0, stream>>>(p, flags, a, nullptr, nullptr, zero);
       return cudaGetLastError();
     }));
+    if (side) return cudaStreamWaitEvent(stream, side->join, 0);
     antialias_pos_list_kernel<<<list_grid(2 * total), kBlock, 0, stream>>>(p, grad_items);
     NVDR_RETURN_IF_LAUNCH_ERROR();
     return cudaSuccess;
