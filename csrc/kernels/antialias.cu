@@ -615,100 +615,78 @@ __device__ __forceinline__ QuadFlags quad_flags(const AntialiasParams& p, const 
   return q;
 }
 
-// Stores the results of a warp's 32 consecutive quads (quad w0 + lane; nv of them inside the image) with
-// coalesced float4 stores through a per-warp shared-memory stage: each thread's own 4·CC floats are 48 bytes
-// apart from its neighbour's for CC = 3, which spreads a warp's store over three times the sectors.
-template <int CC>
-__device__ __forceinline__ void store_quads(float* dst, int64_t w0, int nv, const float (&o)[4 * CC], float4* stage) {
-  const int lane = threadIdx.x & 31;
-#pragma unroll
-  for (int k = 0; k < CC; ++k) stage[lane * CC + k] = make_float4(o[4 * k], o[4 * k + 1], o[4 * k + 2], o[4 * k + 3]);
-  __syncwarp();
-  float4* out = reinterpret_cast<float4*>(dst) + w0 * CC;
-  for (int f = lane; f < nv * CC; f += 32) out[f] = stage[f];
-  __syncwarp();
-}
-
 // Gather for images with W % 4 == 0, four pixels per thread: colours move as float4, and the items of the
 // quad are applied in registers in gather_pixel's order.
 template <int CC>
 __global__ void antialias_gather4_kernel(AntialiasParams p, const uint8_t* flags, const float2* alpha) {
   const int64_t quads = p.N * p.H * p.W / 4;
-  __shared__ float4 stage[kBlock / 32][32 * CC];
-  const int lane = threadIdx.x & 31;
-  // Whole warps iterate together (the stores are cooperative); lanes past the end compute nothing.
-  for (int64_t w0 = blockIdx.x * (int64_t)blockDim.x + (threadIdx.x - lane); w0 < quads;
-       w0 += (int64_t)gridDim.x * blockDim.x) {
-    const int64_t i = w0 + lane;
-    const int nv = (int)(quads - w0 < 32 ? quads - w0 : 32);
+  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < quads; i += (int64_t)gridDim.x * blockDim.x) {
+    const int64_t pix0 = i * 4;
+    int64_t n;
+    int x0, y;
+    pixel_coords(p, pix0, n, x0, y);
+    const QuadFlags qf = quad_flags(p, flags, pix0, x0, y);
+    float v[4 * CC];
+    const float4* src = reinterpret_cast<const float4*>(p.color + pix0 * CC);
+#pragma unroll
+    for (int k = 0; k < CC; ++k) {
+      const float4 f = src[k];
+      v[4 * k] = f.x;
+      v[4 * k + 1] = f.y;
+      v[4 * k + 2] = f.z;
+      v[4 * k + 3] = f.w;
+    }
     float o[4 * CC];
 #pragma unroll
-    for (int k = 0; k < 4 * CC; ++k) o[k] = 0.f;
-    if (i < quads) {
-      const int64_t pix0 = i * 4;
-      int64_t n;
-      int x0, y;
-      pixel_coords(p, pix0, n, x0, y);
-      const QuadFlags qf = quad_flags(p, flags, pix0, x0, y);
-      float v[4 * CC];
-      const float4* src = reinterpret_cast<const float4*>(p.color + pix0 * CC);
+    for (int k = 0; k < 4 * CC; ++k) o[k] = v[k];
+    if (qf.touched()) {
 #pragma unroll
-      for (int k = 0; k < CC; ++k) {
-        const float4 f = src[k];
-        v[4 * k] = f.x;
-        v[4 * k + 1] = f.y;
-        v[4 * k + 2] = f.z;
-        v[4 * k + 3] = f.w;
-      }
+      for (int k = 0; k < 4; ++k) {
+        const Touch tc = qf.pixel(k);
+        if (!tc.own && !tc.left && !tc.down) continue;
+        const int64_t pix = pix0 + k;
+        // Partner colours by value (k is a constant after unrolling, so v stays in registers).
+        float w[4] = {0.f, 0.f, 0.f, 0.f};
+        float pc[4][CC];
+        if (tc.own) {
+          const float2 a = alpha[pix];
+          if ((tc.own & NVDR_AA_RIGHT) && a.x > 0.f) {
+            w[0] = a.x;
 #pragma unroll
-      for (int k = 0; k < 4 * CC; ++k) o[k] = v[k];
-      if (qf.touched()) {
-#pragma unroll
-        for (int k = 0; k < 4; ++k) {
-          const Touch tc = qf.pixel(k);
-          if (!tc.own && !tc.left && !tc.down) continue;
-          const int64_t pix = pix0 + k;
-          // Partner colours by value (k is a constant after unrolling, so v stays in registers).
-          float w[4] = {0.f, 0.f, 0.f, 0.f};
-          float pc[4][CC];
-          if (tc.own) {
-            const float2 a = alpha[pix];
-            if ((tc.own & NVDR_AA_RIGHT) && a.x > 0.f) {
-              w[0] = a.x;
-#pragma unroll
-              for (int c = 0; c < CC; ++c) pc[0][c] = k < 3 ? v[(k + 1) * CC + c] : p.color[(pix + 1) * CC + c];
-            }
-            if ((tc.own & NVDR_AA_UP) && a.y > 0.f) {
-              w[1] = a.y;
-#pragma unroll
-              for (int c = 0; c < CC; ++c) pc[1][c] = p.color[(pix + p.W) * CC + c];
-            }
+            for (int c = 0; c < CC; ++c) pc[0][c] = k < 3 ? v[(k + 1) * CC + c] : p.color[(pix + 1) * CC + c];
           }
-          if (tc.left) {
-            const float a = alpha[pix - 1].x;
-            if (!(a > 0.f)) {
-              w[2] = -a;
+          if ((tc.own & NVDR_AA_UP) && a.y > 0.f) {
+            w[1] = a.y;
 #pragma unroll
-              for (int c = 0; c < CC; ++c) pc[2][c] = k > 0 ? v[(k - 1) * CC + c] : p.color[(pix - 1) * CC + c];
-            }
+            for (int c = 0; c < CC; ++c) pc[1][c] = p.color[(pix + p.W) * CC + c];
           }
-          if (tc.down) {
-            const float a = alpha[pix - p.W].y;
-            if (!(a > 0.f)) {
-              w[3] = -a;
-#pragma unroll
-              for (int c = 0; c < CC; ++c) pc[3][c] = p.color[(pix - p.W) * CC + c];
-            }
-          }
-#pragma unroll
-          for (int j = 0; j < 4; ++j)
-            if (w[j] != 0.f)
-#pragma unroll
-              for (int c = 0; c < CC; ++c) o[k * CC + c] += w[j] * (pc[j][c] - v[k * CC + c]);
         }
+        if (tc.left) {
+          const float a = alpha[pix - 1].x;
+          if (!(a > 0.f)) {
+            w[2] = -a;
+#pragma unroll
+            for (int c = 0; c < CC; ++c) pc[2][c] = k > 0 ? v[(k - 1) * CC + c] : p.color[(pix - 1) * CC + c];
+          }
+        }
+        if (tc.down) {
+          const float a = alpha[pix - p.W].y;
+          if (!(a > 0.f)) {
+            w[3] = -a;
+#pragma unroll
+            for (int c = 0; c < CC; ++c) pc[3][c] = p.color[(pix - p.W) * CC + c];
+          }
+        }
+#pragma unroll
+        for (int j = 0; j < 4; ++j)
+          if (w[j] != 0.f)
+#pragma unroll
+            for (int c = 0; c < CC; ++c) o[k * CC + c] += w[j] * (pc[j][c] - v[k * CC + c]);
       }
     }
-    store_quads<CC>(p.out, w0, nv, o, stage[threadIdx.x >> 5]);
+    float4* dst = reinterpret_cast<float4*>(p.out + pix0 * CC);
+#pragma unroll
+    for (int k = 0; k < CC; ++k) dst[k] = make_float4(o[4 * k], o[4 * k + 1], o[4 * k + 2], o[4 * k + 3]);
   }
 }
 
@@ -881,79 +859,71 @@ __global__ void antialias_bwd4_kernel(AntialiasParams p, const uint8_t* flags, c
   const int64_t quads = p.N * p.H * p.W / 4;
   const DyLayout d = dy_layout(p);
   const bool contig = p.dy_contig != 0;
-  __shared__ float4 stage[kBlock / 32][32 * CC];
-  const int lane = threadIdx.x & 31;
-  // Whole warps iterate together (the stores are cooperative); lanes past the end compute nothing.
-  for (int64_t w0 = blockIdx.x * (int64_t)blockDim.x + (threadIdx.x - lane); w0 < quads;
-       w0 += (int64_t)gridDim.x * blockDim.x) {
-    const int64_t i = w0 + lane;
-    const int nv = (int)(quads - w0 < 32 ? quads - w0 : 32);
+  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < quads; i += (int64_t)gridDim.x * blockDim.x) {
+    const int64_t pix0 = i * 4;
+    int64_t n;
+    int x0, y;
+    pixel_coords(p, pix0, n, x0, y);
+    const int64_t d00 = d.at(pix0, CC, n, x0, y, contig);
+    const QuadFlags qf = quad_flags(p, flags, pix0, x0, y);
     float o[4 * CC];
+    if constexpr (DYMODE == kDyDense4) {
+      const float4* src = reinterpret_cast<const float4*>(p.dy + pix0 * CC);
 #pragma unroll
-    for (int k = 0; k < 4 * CC; ++k) o[k] = 0.f;
-    if (i < quads) {
-      const int64_t pix0 = i * 4;
-      int64_t n;
-      int x0, y;
-      pixel_coords(p, pix0, n, x0, y);
-      const int64_t d00 = d.at(pix0, CC, n, x0, y, contig);
-      const QuadFlags qf = quad_flags(p, flags, pix0, x0, y);
-      if constexpr (DYMODE == kDyDense4) {
-        const float4* src = reinterpret_cast<const float4*>(p.dy + pix0 * CC);
-#pragma unroll
-        for (int k = 0; k < CC; ++k) {
-          const float4 f = src[k];
-          o[4 * k] = f.x;
-          o[4 * k + 1] = f.y;
-          o[4 * k + 2] = f.z;
-          o[4 * k + 3] = f.w;
-        }
-      } else if constexpr (DYMODE == kDyUniform) {
-#pragma unroll
-        for (int c = 0; c < CC; ++c) {
-          const float v = p.dy[c * d.cs];
-#pragma unroll
-          for (int k = 0; k < 4; ++k) o[k * CC + c] = v;
-        }
-      } else {
-#pragma unroll
-        for (int k = 0; k < 4; ++k)
-#pragma unroll
-          for (int c = 0; c < CC; ++c) o[k * CC + c] = p.dy[d00 + k * d.sx + c * d.cs];
+      for (int k = 0; k < CC; ++k) {
+        const float4 f = src[k];
+        o[4 * k] = f.x;
+        o[4 * k + 1] = f.y;
+        o[4 * k + 2] = f.z;
+        o[4 * k + 3] = f.w;
       }
-      if (qf.touched()) {
+    } else if constexpr (DYMODE == kDyUniform) {
 #pragma unroll
-        for (int k = 0; k < 4; ++k) {
-          const Touch tc = qf.pixel(k);
-          if (!tc.own && !tc.left && !tc.down) continue;
-          const int64_t pix = pix0 + k;
-          const float* g0 = p.dy + d00 + k * d.sx;
-          float w[4] = {0.f, 0.f, 0.f, 0.f};
-          const float* gt[4] = {g0, g0, g0, g0};
-          if (tc.own) {
-            const float2 a = alpha[pix];
-            if (tc.own & NVDR_AA_RIGHT) { w[0] = -a.x; gt[0] = a.x > 0.f ? g0 : g0 + d.sx; }
-            if (tc.own & NVDR_AA_UP) { w[1] = -a.y; gt[1] = a.y > 0.f ? g0 : g0 + d.sy; }
-          }
-          if (tc.left) {
-            const float a = alpha[pix - 1].x;
-            w[2] = a;
-            gt[2] = a > 0.f ? g0 - d.sx : g0;
-          }
-          if (tc.down) {
-            const float a = alpha[pix - p.W].y;
-            w[3] = a;
-            gt[3] = a > 0.f ? g0 - d.sy : g0;
-          }
+      for (int c = 0; c < CC; ++c) {
+        const float v = p.dy[c * d.cs];
 #pragma unroll
-          for (int j = 0; j < 4; ++j)
-            if (w[j] != 0.f)
+        for (int k = 0; k < 4; ++k) o[k * CC + c] = v;
+      }
+    } else {
 #pragma unroll
-              for (int c = 0; c < CC; ++c) o[k * CC + c] += w[j] * gt[j][c * d.cs];
+      for (int k = 0; k < 4; ++k)
+#pragma unroll
+        for (int c = 0; c < CC; ++c) o[k * CC + c] = p.dy[d00 + k * d.sx + c * d.cs];
+    }
+    if (qf.touched()) {
+#pragma unroll
+      for (int k = 0; k < 4; ++k) {
+        const Touch tc = qf.pixel(k);
+        if (!tc.own && !tc.left && !tc.down) continue;
+        const int64_t pix = pix0 + k;
+        const float* g0 = p.dy + d00 + k * d.sx;
+        float w[4] = {0.f, 0.f, 0.f, 0.f};
+        const float* gt[4] = {g0, g0, g0, g0};
+        if (tc.own) {
+          const float2 a = alpha[pix];
+          if (tc.own & NVDR_AA_RIGHT) { w[0] = -a.x; gt[0] = a.x > 0.f ? g0 : g0 + d.sx; }
+          if (tc.own & NVDR_AA_UP) { w[1] = -a.y; gt[1] = a.y > 0.f ? g0 : g0 + d.sy; }
         }
+        if (tc.left) {
+          const float a = alpha[pix - 1].x;
+          w[2] = a;
+          gt[2] = a > 0.f ? g0 - d.sx : g0;
+        }
+        if (tc.down) {
+          const float a = alpha[pix - p.W].y;
+          w[3] = a;
+          gt[3] = a > 0.f ? g0 - d.sy : g0;
+        }
+#pragma unroll
+        for (int j = 0; j < 4; ++j)
+          if (w[j] != 0.f)
+#pragma unroll
+            for (int c = 0; c < CC; ++c) o[k * CC + c] += w[j] * gt[j][c * d.cs];
       }
     }
-    store_quads<CC>(p.grad_color, w0, nv, o, stage[threadIdx.x >> 5]);
+    float4* dst = reinterpret_cast<float4*>(p.grad_color + pix0 * CC);
+#pragma unroll
+    for (int k = 0; k < CC; ++k) dst[k] = make_float4(o[4 * k], o[4 * k + 1], o[4 * k + 2], o[4 * k + 3]);
   }
 }
 
