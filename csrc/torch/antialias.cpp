@@ -1,5 +1,6 @@
 // torch binding of the antialias kernels and the topology hash.
 #include <ATen/ops/empty.h>
+#include <torch/csrc/autograd/custom_function.h>
 
 #include <optional>
 #include <tuple>
@@ -187,6 +188,50 @@ std::tuple<at::Tensor, at::Tensor> antialias_bwd(const at::Tensor& color, const 
   return {grad_color, grad_pos};
 }
 
+// The whole op with its autograd node in C++: the forward and backward of antialias() on CUDA tensors run
+// without a Python autograd.Function (whose Python backward and GIL hand-off are a large part of the
+// host time that small and mid-size images wait for). The node saves the forward's item state; its
+// backward never reads the topology (which a later call may have refreshed).
+class AntialiasNode : public torch::autograd::Function<AntialiasNode> {
+ public:
+  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& color, const at::Tensor& rast,
+                            const at::Tensor& pos, const at::Tensor& tri, const at::Tensor& topology,
+                            double pos_gradient_boost) {
+    at::AutoDispatchBelowADInplaceOrView below;
+    auto [out, alpha, flags, items] = antialias_fwd(color, rast, pos, tri, topology);
+    ctx->save_for_backward({color, rast, pos, tri, topology, alpha, flags, items});
+    ctx->saved_data["boost"] = pos_gradient_boost;
+    return out;
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    const auto s = ctx->get_saved_variables();
+    const at::Tensor& dy = grads[0];
+    if (!dy.defined()) return {at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+    const bool det = at::globalContext().deterministicAlgorithms();
+    auto [g_color, g_pos] = antialias_bwd(s[0], s[1], s[2], s[3], dy, s[5], s[6], s[7], s[4],
+                                          ctx->saved_data["boost"].toDouble(), det);
+    return {g_color, at::Tensor(), g_pos, at::Tensor(), at::Tensor(), at::Tensor()};
+  }
+};
+
+at::Tensor antialias_autograd(const at::Tensor& color, const at::Tensor& rast, const at::Tensor& pos,
+                              const at::Tensor& tri, const at::Tensor& topology, double pos_gradient_boost) {
+  return AntialiasNode::apply(color, rast, pos, tri, topology, pos_gradient_boost);
+}
+
+// Below autograd (inference mode, or no tensor tracked): the forward alone.
+at::Tensor antialias_nograd(const at::Tensor& color, const at::Tensor& rast, const at::Tensor& pos,
+                            const at::Tensor& tri, const at::Tensor& topology, double) {
+  return std::get<0>(antialias_fwd(color, rast, pos, tri, topology));
+}
+
+at::Tensor antialias_meta(const at::Tensor& color, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                          const at::Tensor&, double) {
+  return at::empty(color.sizes(), color.options());
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> antialias_fwd_meta(const at::Tensor& color, const at::Tensor&,
                                                                               const at::Tensor&, const at::Tensor&,
                                                                               const at::Tensor&) {
@@ -211,6 +256,7 @@ std::tuple<at::Tensor, at::Tensor> antialias_bwd_meta(const at::Tensor& color, c
 
 TORCH_LIBRARY_FRAGMENT(nvdiffrast, m) {
   m.def("antialias_topology_hash(Tensor tri) -> Tensor");
+  m.def("antialias(Tensor color, Tensor rast, Tensor pos, Tensor tri, Tensor topology, float pos_gradient_boost) -> Tensor");
   m.def("antialias_topology_refresh(Tensor tri, Tensor(a!) tri_copy, Tensor(b!) topology, int epoch) -> ()");
   m.def(
       "antialias_fwd(Tensor color, Tensor rast, Tensor pos, Tensor tri, Tensor topology) -> (Tensor, Tensor, "
@@ -223,11 +269,17 @@ TORCH_LIBRARY_FRAGMENT(nvdiffrast, m) {
 TORCH_LIBRARY_IMPL(nvdiffrast, CUDA, m) {
   m.impl("antialias_topology_hash", &antialias_topology_hash);
   m.impl("antialias_topology_refresh", &antialias_topology_refresh);
+  m.impl("antialias", &antialias_nograd);
   m.impl("antialias_fwd", &antialias_fwd);
   m.impl("antialias_bwd", &antialias_bwd);
 }
 
+TORCH_LIBRARY_IMPL(nvdiffrast, AutogradCUDA, m) {
+  m.impl("antialias", &antialias_autograd);
+}
+
 TORCH_LIBRARY_IMPL(nvdiffrast, Meta, m) {
+  m.impl("antialias", &antialias_meta);
   m.impl("antialias_fwd", &antialias_fwd_meta);
   m.impl("antialias_bwd", &antialias_bwd_meta);
 }

@@ -140,6 +140,10 @@ class Backend(Protocol):
     ) -> tuple[Tensor, Tensor]:
         """Returns (grad_color like color, grad_pos like pos)."""
 
+    # Optional: a backend may also offer the op with its own autograd node (the API layer then uses it
+    # instead of wiring antialias_fwd/antialias_bwd into a Python autograd.Function):
+    #   antialias_autograd(color, rast, pos, tri, topology, pos_gradient_boost) -> out
+
 
 def backend_name(t: torch.Tensor) -> str:
     """'reference' for CPU tensors, 'cuda' for CUDA tensors."""

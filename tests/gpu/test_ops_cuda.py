@@ -1125,6 +1125,47 @@ def test_antialias_topology_refresh_rebuilds_large_mesh():
     assert int((got >= 0).sum()) > 0 and int((got < 0).sum()) == 4 * (side - 1)  # boundary edges only
 
 
+@pytest.mark.parametrize("det", [False, True])
+def test_antialias_cpp_node_matches_python_function(det):
+    """On CUDA, antialias() runs as one op with its autograd node in C++; it gives the results of the
+    Python autograd.Function over antialias_fwd/antialias_bwd (bitwise for the image and the colour
+    gradient, and for the position gradient in deterministic mode), also under no_grad / inference_mode."""
+    import nvdiffrast.torch as dr
+    from nvdiffrast.torch import _antialias
+
+    torch.use_deterministic_algorithms(det)
+    pos, tri, color, rast = aa_scene(n=2, h=40, w=56, seed=21)
+    topo = dr.antialias_construct_topology_hash(tri)
+    wgt = torch.randn(color.shape, generator=torch.Generator().manual_seed(3)).to(DEV)
+    res = []
+    for fused in (True, False):
+        c = color.clone().requires_grad_(True)
+        p = pos.clone().requires_grad_(True)
+        if fused:
+            out = dr.antialias(c, rast, p, tri, topology_hash=topo, pos_gradient_boost=2.0)
+            assert out.requires_grad and out.grad_fn is not None
+        else:
+            out = _antialias._AntialiasFunction.apply(c, rast, p, tri, topo, 2.0)
+        (out * wgt).sum().backward()
+        res.append((out.detach(), c.grad, p.grad))
+    (o1, gc1, gp1), (o2, gc2, gp2) = res
+    assert torch.equal(o1, o2) and torch.equal(gc1, gc2)
+    if det:
+        assert torch.equal(gp1, gp2)
+    else:
+        scale = float(gp2.abs().max()) + 1e-6
+        torch.testing.assert_close(gp1, gp2, atol=1e-5 * scale, rtol=1e-4)
+    assert float(gp1.abs().sum()) > 0
+    with torch.no_grad():
+        assert torch.equal(dr.antialias(color, rast, pos, tri, topology_hash=topo), o1)
+    with torch.inference_mode():
+        assert torch.equal(dr.antialias(color, rast, pos, tri, topology_hash=topo), o1)
+    # Only pos tracked: the colour gradient is not needed, the position gradient is the same.
+    p = pos.clone().requires_grad_(True)
+    (dr.antialias(color, rast, p, tri, topology_hash=topo, pos_gradient_boost=2.0) * wgt).sum().backward()
+    torch.testing.assert_close(p.grad, gp1, atol=1e-5 * (float(gp1.abs().max()) + 1e-6), rtol=1e-4)
+
+
 def test_antialias_topology_reuse_can_be_turned_off(monkeypatch):
     import nvdiffrast.torch as dr
 
