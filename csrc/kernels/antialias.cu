@@ -520,6 +520,51 @@ __device__ __forceinline__ Touch touching(const AntialiasParams& p, const uint8_
   return t;
 }
 
+// Item weights of pixel pix in the fixed gather order right, up, left, down (slot j's partner is the
+// right, upper, left, lower neighbour; tc says which items exist). An item (P0, P1) with weight α adds
+// α (c[P1] − c[P0]) to P0 when α > 0, else to P1. Forward: w[j] = what the item adds to pix per unit of
+// (c[partner] − c[pix]), 0 where it targets the partner or does not exist.
+__device__ __forceinline__ void forward_weights(const AntialiasParams& p, const float2* alpha, const Touch& tc,
+                                                int64_t pix, float (&w)[4]) {
+  w[0] = w[1] = w[2] = w[3] = 0.f;
+  if (tc.own) {
+    const float2 a = alpha[pix];
+    if ((tc.own & NVDR_AA_RIGHT) && a.x > 0.f) w[0] = a.x;
+    if ((tc.own & NVDR_AA_UP) && a.y > 0.f) w[1] = a.y;
+  }
+  if (tc.left) {
+    const float a = alpha[pix - 1].x;
+    if (!(a > 0.f)) w[2] = -a;
+  }
+  if (tc.down) {
+    const float a = alpha[pix - p.W].y;
+    if (!(a > 0.f)) w[3] = -a;
+  }
+}
+
+// Backward: the colour gradient of pix gains w[j] · dy[target of item j]; at_partner[j]: that target is
+// the partner (else pix itself). w = 0 where the item does not exist.
+__device__ __forceinline__ void backward_weights(const AntialiasParams& p, const float2* alpha, const Touch& tc,
+                                                 int64_t pix, float (&w)[4], bool (&at_partner)[4]) {
+  w[0] = w[1] = w[2] = w[3] = 0.f;
+  at_partner[0] = at_partner[1] = at_partner[2] = at_partner[3] = false;
+  if (tc.own) {
+    const float2 a = alpha[pix];
+    if (tc.own & NVDR_AA_RIGHT) { w[0] = -a.x; at_partner[0] = !(a.x > 0.f); }
+    if (tc.own & NVDR_AA_UP) { w[1] = -a.y; at_partner[1] = !(a.y > 0.f); }
+  }
+  if (tc.left) {
+    const float a = alpha[pix - 1].x;
+    w[2] = a;
+    at_partner[2] = a > 0.f;
+  }
+  if (tc.down) {
+    const float a = alpha[pix - p.W].y;
+    w[3] = a;
+    at_partner[3] = a > 0.f;
+  }
+}
+
 // Forward gather of one pixel: out[P] = color[P] + the items that target P, in the fixed order right, up,
 // left, down. An item (P0, P1) with weight α targets P0 when α > 0, else P1, and adds α (c[P1] − c[P0])
 // there. CC > 0: the channel count as a compile-time constant (values stay in registers); 0: any count.
@@ -530,22 +575,9 @@ __device__ __forceinline__ void gather_pixel(const AntialiasParams& p, const uin
   const Touch tc = touching(p, flags, pix, x, y);
   const float* c0 = p.color + pix * C;
   float* o = p.out + pix * C;
-  // Weights and partner pixels of the (up to four) items, in gather order; w = 0 where none applies.
-  float w[4] = {0.f, 0.f, 0.f, 0.f};
-  const float* cp[4] = {c0, c0, c0, c0};
-  if (tc.own) {
-    const float2 a = alpha[pix];
-    if ((tc.own & NVDR_AA_RIGHT) && a.x > 0.f) { w[0] = a.x; cp[0] = c0 + C; }
-    if ((tc.own & NVDR_AA_UP) && a.y > 0.f) { w[1] = a.y; cp[1] = c0 + p.W * C; }
-  }
-  if (tc.left) {
-    const float a = alpha[pix - 1].x;
-    if (!(a > 0.f)) { w[2] = -a; cp[2] = c0 - C; }
-  }
-  if (tc.down) {
-    const float a = alpha[pix - p.W].y;
-    if (!(a > 0.f)) { w[3] = -a; cp[3] = c0 - p.W * C; }
-  }
+  float w[4];
+  forward_weights(p, alpha, tc, pix, w);
+  const float* cp[4] = {c0 + C, c0 + p.W * C, c0 - C, c0 - p.W * C};  // partner colours
   const bool any = w[0] != 0.f || w[1] != 0.f || w[2] != 0.f || w[3] != 0.f;
   if constexpr (CC > 0) {
     float v[CC];
@@ -645,37 +677,16 @@ __global__ void antialias_gather4_kernel(AntialiasParams p, const uint8_t* flags
         const Touch tc = qf.pixel(k);
         if (!tc.own && !tc.left && !tc.down) continue;
         const int64_t pix = pix0 + k;
+        float w[4];
+        forward_weights(p, alpha, tc, pix, w);
         // Partner colours by value (k is a constant after unrolling, so v stays in registers).
-        float w[4] = {0.f, 0.f, 0.f, 0.f};
         float pc[4][CC];
-        if (tc.own) {
-          const float2 a = alpha[pix];
-          if ((tc.own & NVDR_AA_RIGHT) && a.x > 0.f) {
-            w[0] = a.x;
 #pragma unroll
-            for (int c = 0; c < CC; ++c) pc[0][c] = k < 3 ? v[(k + 1) * CC + c] : p.color[(pix + 1) * CC + c];
-          }
-          if ((tc.own & NVDR_AA_UP) && a.y > 0.f) {
-            w[1] = a.y;
-#pragma unroll
-            for (int c = 0; c < CC; ++c) pc[1][c] = p.color[(pix + p.W) * CC + c];
-          }
-        }
-        if (tc.left) {
-          const float a = alpha[pix - 1].x;
-          if (!(a > 0.f)) {
-            w[2] = -a;
-#pragma unroll
-            for (int c = 0; c < CC; ++c) pc[2][c] = k > 0 ? v[(k - 1) * CC + c] : p.color[(pix - 1) * CC + c];
-          }
-        }
-        if (tc.down) {
-          const float a = alpha[pix - p.W].y;
-          if (!(a > 0.f)) {
-            w[3] = -a;
-#pragma unroll
-            for (int c = 0; c < CC; ++c) pc[3][c] = p.color[(pix - p.W) * CC + c];
-          }
+        for (int c = 0; c < CC; ++c) {
+          if (w[0] != 0.f) pc[0][c] = k < 3 ? v[(k + 1) * CC + c] : p.color[(pix + 1) * CC + c];
+          if (w[1] != 0.f) pc[1][c] = p.color[(pix + p.W) * CC + c];
+          if (w[2] != 0.f) pc[2][c] = k > 0 ? v[(k - 1) * CC + c] : p.color[(pix - 1) * CC + c];
+          if (w[3] != 0.f) pc[3][c] = p.color[(pix - p.W) * CC + c];
         }
 #pragma unroll
         for (int j = 0; j < 4; ++j)
@@ -712,6 +723,15 @@ __device__ __forceinline__ DyLayout dy_layout(const AntialiasParams& p) {
     d.sn = p.dy_s[0];
   }
   return d;
+}
+
+// dy rows of the items' targets for pixel row g0 (slot order right, up, left, down).
+__device__ __forceinline__ void partner_rows(const DyLayout& d, const float* g0, const bool (&at_partner)[4],
+                                             const float* (&gt)[4]) {
+  gt[0] = at_partner[0] ? g0 + d.sx : g0;
+  gt[1] = at_partner[1] ? g0 + d.sy : g0;
+  gt[2] = at_partner[2] ? g0 - d.sx : g0;
+  gt[3] = at_partner[3] ? g0 - d.sy : g0;
 }
 
 // Position gradient of the item that pixel (x, y) = pix of image n starts towards its right (q = 0) or
@@ -779,24 +799,11 @@ __device__ __forceinline__ void bwd_color_pixel(const AntialiasParams& p, const 
   const int64_t C = CC > 0 ? CC : p.C;
   const float* g0 = p.dy + d0;
   const Touch tc = touching(p, flags, pix, x, y);
-  // Signed weights and dy rows of the items, in gather order; w = 0 where none applies.
-  float w[4] = {0.f, 0.f, 0.f, 0.f};
-  const float* gt[4] = {g0, g0, g0, g0};
-  if (tc.own) {
-    const float2 a = alpha[pix];
-    if (tc.own & NVDR_AA_RIGHT) { w[0] = -a.x; gt[0] = a.x > 0.f ? g0 : g0 + d.sx; }
-    if (tc.own & NVDR_AA_UP) { w[1] = -a.y; gt[1] = a.y > 0.f ? g0 : g0 + d.sy; }
-  }
-  if (tc.left) {
-    const float a = alpha[pix - 1].x;
-    w[2] = a;
-    gt[2] = a > 0.f ? g0 - d.sx : g0;
-  }
-  if (tc.down) {
-    const float a = alpha[pix - p.W].y;
-    w[3] = a;
-    gt[3] = a > 0.f ? g0 - d.sy : g0;
-  }
+  float w[4];
+  bool at_partner[4];
+  backward_weights(p, alpha, tc, pix, w, at_partner);
+  const float* gt[4];  // dy rows of the items' targets
+  partner_rows(d, g0, at_partner, gt);
   float* gc = p.grad_color + pix * C;
   if constexpr (CC > 0) {
     float acc[CC];
@@ -897,23 +904,11 @@ __global__ void antialias_bwd4_kernel(AntialiasParams p, const uint8_t* flags, c
         if (!tc.own && !tc.left && !tc.down) continue;
         const int64_t pix = pix0 + k;
         const float* g0 = p.dy + d00 + k * d.sx;
-        float w[4] = {0.f, 0.f, 0.f, 0.f};
-        const float* gt[4] = {g0, g0, g0, g0};
-        if (tc.own) {
-          const float2 a = alpha[pix];
-          if (tc.own & NVDR_AA_RIGHT) { w[0] = -a.x; gt[0] = a.x > 0.f ? g0 : g0 + d.sx; }
-          if (tc.own & NVDR_AA_UP) { w[1] = -a.y; gt[1] = a.y > 0.f ? g0 : g0 + d.sy; }
-        }
-        if (tc.left) {
-          const float a = alpha[pix - 1].x;
-          w[2] = a;
-          gt[2] = a > 0.f ? g0 - d.sx : g0;
-        }
-        if (tc.down) {
-          const float a = alpha[pix - p.W].y;
-          w[3] = a;
-          gt[3] = a > 0.f ? g0 - d.sy : g0;
-        }
+        float w[4];
+        bool at_partner[4];
+        backward_weights(p, alpha, tc, pix, w, at_partner);
+        const float* gt[4];
+        partner_rows(d, g0, at_partner, gt);
 #pragma unroll
         for (int j = 0; j < 4; ++j)
           if (w[j] != 0.f)

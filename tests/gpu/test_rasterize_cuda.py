@@ -14,14 +14,11 @@ import torch
 
 pytestmark = pytest.mark.gpu
 
-if not torch.cuda.is_available():
-    pytest.skip("no CUDA GPU on this machine", allow_module_level=True)
-try:
-    from nvdiffrast import _loader
+from gpu_env import cuda_skip_reason  # noqa: E402 - tests/gpu is on sys.path (pytest rootdir insertion)
 
-    _loader.load_cuda()
-except ImportError as exc:  # pragma: no cover - depends on the build
-    pytest.skip(f"nvdiffrast._C does not load: {exc}", allow_module_level=True)
+_REASON = cuda_skip_reason()
+if _REASON:
+    pytest.skip(_REASON, allow_module_level=True)
 
 from nvdiffrast.torch._cuda import rasterize as cr  # noqa: E402
 from nvdiffrast.torch._ids import decode_triangle_ids  # noqa: E402

@@ -16,19 +16,9 @@ import torch
 pytestmark = pytest.mark.gpu
 
 
-def _cuda_ready() -> str | None:
-    if not torch.cuda.is_available():
-        return "no CUDA GPU on this machine"
-    try:
-        from nvdiffrast import _loader
+from gpu_env import cuda_skip_reason  # noqa: E402 - tests/gpu is on sys.path (pytest rootdir insertion)
 
-        _loader.load_cuda()
-    except ImportError as exc:
-        return f"nvdiffrast._C does not load: {exc}"
-    return None
-
-
-_REASON = _cuda_ready()
+_REASON = cuda_skip_reason()
 if _REASON:
     pytest.skip(_REASON, allow_module_level=True)
 

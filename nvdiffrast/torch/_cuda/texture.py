@@ -32,6 +32,17 @@ def _codes(filter_mode: str, boundary_mode: str) -> tuple[int, int]:
     return _FILTER[filter_mode], _BOUNDARY[boundary_mode]
 
 
+def _input_grads(f: int, uv_da: Optional[Tensor], mip_level_bias: Optional[Tensor], g_uv: Tensor,
+                 g_da: Tensor, g_bias: Tensor) -> tuple[Optional[Tensor], Optional[Tensor], Optional[Tensor]]:
+    """The uv / uv_da / bias gradients the filter mode defines (spec §3.6 table); None for the others."""
+    lml = f == _FILTER["linear-mipmap-linear"]
+    return (
+        None if f == _FILTER["nearest"] else g_uv,
+        g_da if (lml and uv_da is not None) else None,
+        g_bias if (lml and mip_level_bias is not None) else None,
+    )
+
+
 def texture_fwd(
     levels: Sequence[Tensor],
     uv: Tensor,
@@ -62,13 +73,7 @@ def texture_bwd(
     det = torch.are_deterministic_algorithms_enabled()
     # dy is read with its strides (an expanded gradient needs no copy).
     grads, g_uv, g_da, g_bias = _ops().texture_bwd(list(levels), uv, uv_da, mip_level_bias, dy, f, b, det)
-    lml = f == _FILTER["linear-mipmap-linear"]
-    return (
-        list(grads),
-        None if f == _FILTER["nearest"] else g_uv,
-        g_da if (lml and uv_da is not None) else None,
-        g_bias if (lml and mip_level_bias is not None) else None,
-    )
+    return (list(grads), *_input_grads(f, uv_da, mip_level_bias, g_uv, g_da, g_bias))
 
 
 def texture_bwd_mip(
@@ -88,13 +93,7 @@ def texture_bwd_mip(
     det = torch.are_deterministic_algorithms_enabled()
     g_tex, g_uv, g_da, g_bias = _ops().texture_bwd_mip(
         list(levels), uv, uv_da, mip_level_bias, dy, f, b, det, bool(want_tex))
-    lml = f == 3
-    return (
-        g_tex if want_tex else None,
-        None if f == 0 else g_uv,
-        g_da if (lml and uv_da is not None) else None,
-        g_bias if (lml and mip_level_bias is not None) else None,
-    )
+    return (g_tex if want_tex else None, *_input_grads(f, uv_da, mip_level_bias, g_uv, g_da, g_bias))
 
 
 def mip_build_flat(tex: Tensor, num_levels: int, cube: bool) -> Tensor:
@@ -137,13 +136,7 @@ def texture_bwd_mip_flat(
     det = torch.are_deterministic_algorithms_enabled()
     g_tex, g_uv, g_da, g_bias = _ops().texture_bwd_mip_flat(
         tex, mips, int(num_levels), uv, uv_da, mip_level_bias, dy, f, b, det, bool(want_tex))
-    lml = f == 3
-    return (
-        g_tex if want_tex else None,
-        None if f == 0 else g_uv,
-        g_da if (lml and uv_da is not None) else None,
-        g_bias if (lml and mip_level_bias is not None) else None,
-    )
+    return (g_tex if want_tex else None, *_input_grads(f, uv_da, mip_level_bias, g_uv, g_da, g_bias))
 
 
 def mip_build(tex: Tensor, num_levels: int, cube: bool) -> list[Tensor]:
